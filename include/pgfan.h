@@ -1,0 +1,349 @@
+/*
+ * pgfan.h - read PostgreSQL COPY data once and stream it into many targets.
+ *
+ * One producer (a COPY ... TO STDOUT statement, or a callback yielding COPY
+ * data) feeds any number of receivers (COPY ... FROM STDIN statements, or
+ * callbacks) through a bounded broadcast ring.  Each receiver is drained by
+ * its own thread at its own speed; a manager, driven from the caller's
+ * thread, reports progress and faults and decides how the copy ends.
+ *
+ * Conventions:
+ *  - Functions returning int return PGFAN_OK (0) on success and a negative
+ *    pgfan_status on failure; pgfan_strerror() describes a code.
+ *  - Ownership of an object passed to a function moves only when that
+ *    function succeeds.
+ *  - Connections (PGconn) always stay the caller's.  While a manager is
+ *    started the caller must not use them; after pgfan_manager_finish() or
+ *    pgfan_manager_abort() returns they are out of COPY mode and reusable.
+ *  - The library never prints, exits or installs signal handlers.
+ *  - A manager is driven from one thread at a time.  Distinct managers are
+ *    independent and may be used from different threads.
+ */
+#ifndef PGFAN_H
+#define PGFAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__) && defined(PGFAN_BUILDING)
+#define PGFAN_EXTERN __attribute__((visibility("default")))
+#else
+#define PGFAN_EXTERN
+#endif
+
+/* Version of the headers; pgfan_version() gives the library's. */
+#define PGFAN_VERSION_MAJOR  0
+#define PGFAN_VERSION_MINOR  1
+#define PGFAN_VERSION_PATCH  0
+#define PGFAN_VERSION_STRING "0.1.0"
+#define PGFAN_VERSION_HEX                                                                \
+    ((PGFAN_VERSION_MAJOR << 16) | (PGFAN_VERSION_MINOR << 8) | PGFAN_VERSION_PATCH)
+
+/* Returns PGFAN_VERSION_HEX of the library actually linked. */
+PGFAN_EXTERN unsigned int pgfan_version(void);
+/* Returns PGFAN_VERSION_STRING of the library actually linked. */
+PGFAN_EXTERN const char *pgfan_version_string(void);
+
+/* Status codes.  Zero is success, every error is negative. */
+typedef enum pgfan_status {
+    PGFAN_OK = 0,
+    PGFAN_EINVAL = -1,        /* an argument is invalid (NULL, out of range) */
+    PGFAN_ENOMEM = -2,        /* out of memory */
+    PGFAN_ESTATE = -3,        /* the call is not valid in the object's state */
+    PGFAN_ENOTCOPY = -4,      /* the statement is not a COPY of the required direction */
+    PGFAN_EFORMAT = -5,       /* producer and receiver formats or columns differ */
+    PGFAN_ESERVER = -6,       /* the server reported an error (see SQLSTATE, message) */
+    PGFAN_ECONN = -7,         /* the connection is broken or not usable */
+    PGFAN_ECALLBACK = -8,     /* a user callback reported an error */
+    PGFAN_EROWCOUNT = -9,     /* a receiver's row count differs from the producer's */
+    PGFAN_EDATA = -10,        /* malformed COPY data from an iterator producer */
+    PGFAN_ESTALL = -11,       /* a receiver held the producer back too long */
+    PGFAN_EABORTED = -12,     /* the copy was aborted */
+    PGFAN_ENORECEIVERS = -13, /* every receiver is gone */
+    PGFAN_EGONE = -14,        /* the receiver's data has already left the ring */
+    PGFAN_ESYSTEM = -15,      /* a system call failed (threads, file descriptors) */
+    PGFAN_EPRODUCER = -16,    /* the producer faulted, so the copy failed */
+    PGFAN_ERECEIVER = -17,    /* a receiver faulted, so the copy failed */
+    PGFAN_EBUSY = -18         /* the connection is busy with another command */
+} pgfan_status;
+
+/* A static, human-readable description of a status code. */
+PGFAN_EXTERN const char *pgfan_strerror(int code);
+
+/* COPY data formats.  Producer and receivers must agree. */
+typedef enum pgfan_format {
+    PGFAN_FORMAT_TEXT = 0,
+    PGFAN_FORMAT_CSV = 1,
+    PGFAN_FORMAT_BINARY = 2
+} pgfan_format;
+
+/* "text", "csv" or "binary". */
+PGFAN_EXTERN const char *pgfan_format_name(pgfan_format format);
+
+/* What a receiver fault does to the whole copy. */
+typedef enum pgfan_policy {
+    PGFAN_POLICY_ABORT = 0, /* any receiver fault fails the copy */
+    PGFAN_POLICY_DROP = 1   /* faulted receivers are dropped, the others complete */
+} pgfan_policy;
+
+/* Receiver states (see pgfan(3)). */
+typedef enum pgfan_receiver_state {
+    PGFAN_RECEIVER_STARTING = 0, /* added, COPY not started yet */
+    PGFAN_RECEIVER_ACTIVE,       /* receiving data */
+    PGFAN_RECEIVER_PAUSED,       /* out of the gating set, may resume */
+    PGFAN_RECEIVER_FAULTED,      /* fault reported, waiting for reconcile or drop */
+    PGFAN_RECEIVER_DONE,         /* COPY completed and confirmed by the server */
+    PGFAN_RECEIVER_FAILED,       /* COPY ended in failure (rolled back) */
+    PGFAN_RECEIVER_DROPPED       /* removed after a fault, realigned */
+} pgfan_receiver_state;
+
+/* "starting", "active", "paused", "faulted", "done", "failed" or "dropped". */
+PGFAN_EXTERN const char *pgfan_receiver_state_name(pgfan_receiver_state state);
+
+typedef struct pgfan_producer pgfan_producer;
+typedef struct pgfan_receiver pgfan_receiver;
+typedef struct pgfan_manager pgfan_manager;
+
+/* Room for a server or library message in fault records, with its NUL. */
+#define PGFAN_MESSAGE_MAX 512
+
+/* Who a fault record is about, when it is not a receiver. */
+#define PGFAN_PRODUCER_INDEX (-1)
+
+/*
+ * A fault: an error raised by the producer or one receiver.  `sqlstate` and
+ * `message` carry the server's SQLSTATE and primary message when a server
+ * reported it; otherwise `sqlstate` is empty and `message` is libpq's or the
+ * library's explanation.  `bytes` and `rows` are what that party had moved.
+ */
+typedef struct pgfan_fault {
+    int receiver; /* receiver index, or PGFAN_PRODUCER_INDEX */
+    int code;     /* a pgfan_status */
+    char sqlstate[6];
+    char message[PGFAN_MESSAGE_MAX];
+    uint64_t bytes;
+    uint64_t rows;
+} pgfan_fault;
+
+/*
+ * Options of a manager.  Initialise with pgfan_options_init() and change
+ * what you need, so fields added later keep their defaults.
+ */
+typedef struct pgfan_options {
+    unsigned int ring_slots;       /* power of two >= 2; default 64 */
+    size_t chunk_bytes;            /* bytes per slot, >= 4096; default 128 KiB */
+    pgfan_policy policy;           /* default PGFAN_POLICY_ABORT */
+    unsigned int fault_hold_ms;    /* how long a faulted receiver is held; default 5000 */
+    unsigned int stall_timeout_ms; /* 0 = wait for slow receivers forever (default) */
+    unsigned int progress_ms;      /* pgfan_manager_next() tick; default 100 */
+} pgfan_options;
+
+/* Fills `opts` with the defaults.  `opts` must not be NULL. */
+PGFAN_EXTERN void pgfan_options_init(pgfan_options *opts);
+
+/* ---- Producers ---------------------------------------------------------- */
+
+/*
+ * A producer that runs `copy_to_sql` (a single "COPY ... TO STDOUT"
+ * statement) on `conn`.  The connection must be idle (or in a transaction
+ * block) and stays the caller's; the statement text is copied.  A statement
+ * that is not a COPY TO STDOUT is refused with PGFAN_ENOTCOPY.
+ */
+PGFAN_EXTERN int pgfan_producer_new_statement(pgfan_producer **out, PGconn *conn,
+                                              const char *copy_to_sql);
+
+/*
+ * An iterator callback.  Set *data and *len to the next chunk of COPY data
+ * and return 1; return 0 at the end of the data; return a negative value to
+ * fail the copy (reported as PGFAN_ECALLBACK).  The chunk must stay valid
+ * until the next call.  Chunks may split rows anywhere: the producer
+ * re-cuts the stream at row boundaries and counts rows itself.  Called from
+ * the producer thread.
+ */
+typedef int (*pgfan_iterator_fn)(void *arg, const char **data, size_t *len);
+
+/* A producer that yields the COPY data `fn` returns, in `format`. */
+PGFAN_EXTERN int pgfan_producer_new_iterator(pgfan_producer **out, pgfan_format format,
+                                             pgfan_iterator_fn fn, void *arg);
+
+/* Frees a producer that was not handed to a manager.  NULL is ignored. */
+PGFAN_EXTERN void pgfan_producer_free(pgfan_producer *producer);
+
+/* ---- Receivers ---------------------------------------------------------- */
+
+/*
+ * A receiver that runs `copy_from_sql` (a single "COPY ... FROM STDIN"
+ * statement) on `conn`.  Same rules as pgfan_producer_new_statement().
+ */
+PGFAN_EXTERN int pgfan_receiver_new_statement(pgfan_receiver **out, PGconn *conn,
+                                              const char *copy_from_sql);
+
+/*
+ * A call-receiver callback, given each chunk of COPY data (whole rows, in the
+ * producer's format) in order.  Return 0 to continue, non-zero to fault the
+ * receiver (reported as PGFAN_ECALLBACK).  Called from the receiver's own
+ * thread; a chunk may be passed again after a reconcile only if the callback
+ * failed on it.
+ */
+typedef int (*pgfan_call_fn)(void *arg, const char *data, size_t len);
+
+/* A receiver that hands every chunk to `fn`. */
+PGFAN_EXTERN int pgfan_receiver_new_call(pgfan_receiver **out, pgfan_call_fn fn,
+                                         void *arg);
+
+/*
+ * Names the receiver in fault records and reports (copied).  By default a
+ * statement receiver is named "host:port/dbname" and a call receiver
+ * "call".  Never include a password.
+ */
+PGFAN_EXTERN int pgfan_receiver_set_label(pgfan_receiver *receiver, const char *label);
+
+/* Frees a receiver that was not handed to a manager.  NULL is ignored. */
+PGFAN_EXTERN void pgfan_receiver_free(pgfan_receiver *receiver);
+
+/* ---- Manager ------------------------------------------------------------ */
+
+/*
+ * Creates a manager for `producer`, taking ownership of it on success.
+ * `opts` may be NULL for the defaults.
+ */
+PGFAN_EXTERN int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
+                                   const pgfan_options *opts);
+
+/*
+ * Adds a receiver before start, taking ownership of it on success.  Its
+ * index (0, 1, ... in the order added) is stored in *index when not NULL.
+ */
+PGFAN_EXTERN int pgfan_manager_add_receiver(pgfan_manager *manager,
+                                            pgfan_receiver *receiver, size_t *index);
+
+/*
+ * Starts the copy: runs the producer's and every receiver's COPY statement,
+ * checks that formats and column counts agree, then starts the threads.
+ * Nothing moves before every check passed.  On failure every connection is
+ * realigned (out of COPY mode) and the reason is recorded as a fault.
+ */
+PGFAN_EXTERN int pgfan_manager_start(pgfan_manager *manager);
+
+/* What pgfan_manager_next() reports. */
+typedef enum pgfan_event_type {
+    PGFAN_EVENT_PROGRESS = 0, /* nothing new; counters moved */
+    PGFAN_EVENT_FAULT,        /* `fault` describes a new fault */
+    PGFAN_EVENT_END           /* the copy reached its end: call pgfan_manager_finish() */
+} pgfan_event_type;
+
+typedef struct pgfan_event {
+    pgfan_event_type type;
+    pgfan_fault fault; /* valid for PGFAN_EVENT_FAULT */
+} pgfan_event;
+
+/*
+ * One cycle of the manager: waits at most `progress_ms` for something to
+ * happen, applies the policy, and reports it in *event.  Returns PGFAN_OK,
+ * or PGFAN_ESTATE when the manager is not started.
+ */
+PGFAN_EXTERN int pgfan_manager_next(pgfan_manager *manager, pgfan_event *event);
+
+/*
+ * Ends the copy.  If the producer reached its end and every remaining
+ * receiver received everything, each receiver is completed (CopyDone) and
+ * its row count checked against the producer's; otherwise the copy is a
+ * failed copy and every receiver is aborted (CopyFail).  Waits for every
+ * thread and realigns every connection.  Returns PGFAN_OK when the copy
+ * succeeded for every remaining receiver, else the reason it failed.
+ */
+PGFAN_EXTERN int pgfan_manager_finish(pgfan_manager *manager);
+
+/*
+ * Aborts the copy from the caller's thread: every receiver still in COPY
+ * gets CopyFail with `reason` (NULL for a default), the producer is
+ * cancelled and drained, and every connection is realigned.  Returns
+ * PGFAN_OK when the abort itself went cleanly.
+ */
+PGFAN_EXTERN int pgfan_manager_abort(pgfan_manager *manager, const char *reason);
+
+/* start + next until the end + finish. */
+PGFAN_EXTERN int pgfan_manager_run(pgfan_manager *manager);
+
+/*
+ * Frees the manager with its producer and receivers.  A started manager is
+ * aborted first.  NULL is ignored.  Connections stay the caller's.
+ */
+PGFAN_EXTERN void pgfan_manager_free(pgfan_manager *manager);
+
+/* Number of receivers added. */
+PGFAN_EXTERN size_t pgfan_manager_receiver_count(const pgfan_manager *manager);
+
+/* Progress of the whole copy; cheap enough to call many times a second. */
+typedef struct pgfan_progress {
+    uint64_t producer_bytes;
+    uint64_t producer_rows;
+    int producer_done; /* the producer reached its end */
+    size_t receivers;  /* number of receivers */
+    size_t active;     /* receivers still in the gating set */
+    double seconds;    /* since start */
+} pgfan_progress;
+
+PGFAN_EXTERN int pgfan_manager_progress(const pgfan_manager *manager,
+                                        pgfan_progress *out);
+
+/* Progress and, after finish or abort, the final result of one receiver. */
+typedef struct pgfan_receiver_result {
+    pgfan_receiver_state state;
+    uint64_t bytes; /* COPY data bytes handed to the target */
+    uint64_t rows;  /* rows handed over; after DONE, the server's count */
+    uint64_t lag;   /* slots published but not yet consumed */
+    double seconds; /* from start to the end of its COPY (or to now) */
+    int has_fault;  /* `fault` is valid */
+    pgfan_fault fault;
+    char label[128];
+} pgfan_receiver_result;
+
+PGFAN_EXTERN int pgfan_manager_receiver(const pgfan_manager *manager, size_t index,
+                                        pgfan_receiver_result *out);
+
+/* Every fault recorded so far, in order. */
+PGFAN_EXTERN size_t pgfan_manager_fault_count(const pgfan_manager *manager);
+PGFAN_EXTERN int pgfan_manager_fault(const pgfan_manager *manager, size_t index,
+                                     pgfan_fault *out);
+
+/* ---- One call ----------------------------------------------------------- */
+
+/*
+ * The outcome of pgfan_transfer().  When the copy failed, `error` is the
+ * first fault that caused it (receiver index, SQLSTATE, message).
+ */
+typedef struct pgfan_transfer_result {
+    uint64_t rows;   /* rows read from the source */
+    uint64_t bytes;  /* COPY data bytes read from the source */
+    double seconds;  /* wall time of the whole transfer */
+    size_t committed; /* targets whose COPY was committed */
+    int has_error;
+    pgfan_fault error;
+} pgfan_transfer_result;
+
+/*
+ * Copies the result of `copy_to_sql` on `source` into every target: target
+ * i runs copy_from_sql[i] on targets[i].  A target that is idle is wrapped
+ * in its own transaction (BEGIN ... COMMIT, or ROLLBACK when its COPY
+ * failed); a target already in a transaction block is left to the caller.
+ * With PGFAN_POLICY_ABORT (the default) no target commits unless every one
+ * succeeded.  `opts` may be NULL; `result` may be NULL; `target_results`,
+ * when not NULL, receives one entry per target.
+ */
+PGFAN_EXTERN int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
+                                PGconn *const targets[], const char *const copy_from_sql[],
+                                const pgfan_options *opts, pgfan_transfer_result *result,
+                                pgfan_receiver_result *target_results);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PGFAN_H */

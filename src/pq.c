@@ -1,0 +1,98 @@
+/* libpq helpers: fault records from results and connections, labels. */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void fan_fault_set(pgfan_fault *f, int who, int code, const char *fmt, ...)
+{
+    va_list ap;
+    memset(f, 0, sizeof *f);
+    f->receiver = who;
+    f->code = code;
+    va_start(ap, fmt);
+    vsnprintf(f->message, sizeof f->message, fmt, ap);
+    va_end(ap);
+}
+
+/* libpq messages end with a newline; fault messages are one line. */
+static void trim(char *s)
+{
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' '))
+        s[--n] = '\0';
+}
+
+void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res, const char *label)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    const char *whole = res ? PQresultErrorMessage(res) : "";
+
+    fan_fault_set(f, who, PGFAN_ESERVER, "%s: %s", label,
+                  primary ? primary : (whole && *whole ? whole : "unknown server error"));
+    if (state)
+        snprintf(f->sqlstate, sizeof f->sqlstate, "%s", state);
+    else
+        f->code = PGFAN_ECONN; /* libpq's own error: no server behind it */
+    trim(f->message);
+}
+
+void fan_fault_from_conn(pgfan_fault *f, int who, PGconn *conn, const char *label)
+{
+    const char *msg = conn ? PQerrorMessage(conn) : "";
+    fan_fault_set(f, who, PGFAN_ECONN, "%s: %s", label,
+                  msg && *msg ? msg : "connection is not usable");
+    trim(f->message);
+}
+
+void fan_conn_label(PGconn *conn, char *buf, size_t len)
+{
+    const char *host = PQhost(conn);
+    const char *port = PQport(conn);
+    const char *db = PQdb(conn);
+    if (host && host[0] == '/')
+        snprintf(buf, len, "[%s]:%s/%s", host, port ? port : "", db ? db : "");
+    else
+        snprintf(buf, len, "%s:%s/%s", host ? host : "", port ? port : "", db ? db : "");
+}
+
+int fan_drain_results(PGconn *conn, pgfan_fault *f, int who, const char *label)
+{
+    PGresult *res;
+    int failed = 0;
+    while ((res = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_FATAL_ERROR && !failed) {
+            failed = 1;
+            if (f)
+                fan_fault_from_result(f, who, res, label);
+        }
+        PQclear(res);
+        if (st == PGRES_COPY_IN) /* should not happen after CopyDone/Fail */
+            PQputCopyEnd(conn, "pgfan: unexpected COPY IN state");
+        if (st == PGRES_COPY_OUT) {
+            char *buf;
+            while (PQgetCopyData(conn, &buf, 0) > 0)
+                PQfreemem(buf);
+        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            break;
+    }
+    return failed ? -1 : 0;
+}
+
+int fan_conn_ready(PGconn *conn, pgfan_fault *f, int who, const char *label)
+{
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fan_fault_from_conn(f, who, conn, label);
+        return PGFAN_ECONN;
+    }
+    if (PQisBusy(conn) || PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
+        fan_fault_set(f, who, PGFAN_EBUSY, "%s: the connection is busy with another command",
+                      label);
+        return PGFAN_EBUSY;
+    }
+    return PGFAN_OK;
+}

@@ -1,0 +1,547 @@
+/*
+ * Receivers: one thread each, draining the ring at their own pace.
+ *
+ * A statement receiver sends slots with PQputCopyData on a non-blocking
+ * connection and flushes while poll()ing both the socket and its waiter, so
+ * the manager can always wake it.  Whenever the socket is readable it reads
+ * input, so a server that ends the COPY early (bad row, constraint,
+ * terminated backend) is noticed while the stream is still running.
+ *
+ * libpq leaves an ErrorResponse unparsed while in COPY IN; only notices are
+ * processed.  During a healthy COPY FROM a server sends nothing but notices
+ * (ParameterStatus and NOTIFY wait for ReadyForQuery), so input that is not
+ * a notice means the server left COPY mode: the receiver then ends its side
+ * of the COPY to collect the server's error with its SQLSTATE.
+ */
+#include "copysql.h"
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How long to wait for the rest of a notice split across reads. */
+#define SPLIT_NOTICE_WAIT_MS 50
+
+int pgfan_receiver_new_statement(pgfan_receiver **out, PGconn *conn,
+                                 const char *copy_from_sql)
+{
+    pgfan_format format;
+    char err[256];
+
+    if (!out || !conn || !copy_from_sql)
+        return PGFAN_EINVAL;
+    *out = NULL;
+    if (fan_copysql_check(copy_from_sql, FAN_COPY_FROM_STDIN, &format, err, sizeof err) !=
+        0)
+        return PGFAN_ENOTCOPY;
+    pgfan_receiver *r = calloc(1, sizeof *r);
+    if (!r || !(r->sql = strdup(copy_from_sql))) {
+        free(r);
+        return PGFAN_ENOMEM;
+    }
+    r->kind = FAN_RECEIVER_STATEMENT;
+    r->conn = conn;
+    r->format = format;
+    r->nfields = -1;
+    fan_conn_label(conn, r->label, sizeof r->label);
+    *out = r;
+    return PGFAN_OK;
+}
+
+int pgfan_receiver_new_call(pgfan_receiver **out, pgfan_call_fn fn, void *arg)
+{
+    if (!out || !fn)
+        return PGFAN_EINVAL;
+    *out = NULL;
+    pgfan_receiver *r = calloc(1, sizeof *r);
+    if (!r)
+        return PGFAN_ENOMEM;
+    r->kind = FAN_RECEIVER_CALL;
+    r->call = fn;
+    r->call_arg = arg;
+    r->nfields = -1;
+    snprintf(r->label, sizeof r->label, "call");
+    *out = r;
+    return PGFAN_OK;
+}
+
+int pgfan_receiver_set_label(pgfan_receiver *r, const char *label)
+{
+    if (!r || !label)
+        return PGFAN_EINVAL;
+    if (r->manager && r->manager->phase != FAN_PHASE_NEW)
+        return PGFAN_ESTATE;
+    snprintf(r->label, sizeof r->label, "%s", label);
+    return PGFAN_OK;
+}
+
+void pgfan_receiver_free(pgfan_receiver *r)
+{
+    if (!r)
+        return;
+    free(r->sql);
+    free(r);
+}
+
+/* ---- start (caller's thread) ---- */
+
+int fan_receiver_send_begin(pgfan_receiver *r, pgfan_fault *f)
+{
+    if (r->kind != FAN_RECEIVER_STATEMENT)
+        return PGFAN_OK;
+    int rc = fan_conn_ready(r->conn, f, (int)r->index, r->label);
+    if (rc != PGFAN_OK)
+        return rc;
+    if (!PQsendQuery(r->conn, r->sql)) {
+        fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
+        return PGFAN_ECONN;
+    }
+    return PGFAN_OK;
+}
+
+static int check_agreement(pgfan_receiver *r, const pgfan_producer *p, pgfan_fault *f)
+{
+    pgfan_format want = r->kind == FAN_RECEIVER_CALL ? p->format : r->format;
+    if (want != p->format) {
+        fan_fault_set(f, (int)r->index, PGFAN_EFORMAT,
+                      "%s: format mismatch: the source sends %s but this target expects %s",
+                      r->label, pgfan_format_name(p->format), pgfan_format_name(want));
+        return PGFAN_EFORMAT;
+    }
+    if (r->nfields >= 0 && p->nfields >= 0 && r->nfields != p->nfields) {
+        fan_fault_set(f, (int)r->index, PGFAN_EFORMAT,
+                      "%s: column count mismatch: the source sends %d columns but this "
+                      "target expects %d",
+                      r->label, p->nfields, r->nfields);
+        return PGFAN_EFORMAT;
+    }
+    r->format = p->format;
+    return PGFAN_OK;
+}
+
+/* Collects the result of the COPY FROM statement and checks it fits. */
+int fan_receiver_finish_begin(pgfan_receiver *r, const pgfan_producer *p, pgfan_fault *f)
+{
+    if (r->kind != FAN_RECEIVER_STATEMENT)
+        return check_agreement(r, p, f);
+    PGresult *res = PQgetResult(r->conn);
+    ExecStatusType st = PQresultStatus(res);
+    int rc;
+    if (st == PGRES_COPY_IN) {
+        r->in_copy = 1;
+        r->nfields = PQnfields(res);
+        if (PQbinaryTuples(res))
+            r->format = PGFAN_FORMAT_BINARY;
+        else if (r->format == PGFAN_FORMAT_BINARY)
+            r->format = PGFAN_FORMAT_TEXT;
+        PQclear(res);
+        return check_agreement(r, p, f);
+    }
+    if (st == PGRES_FATAL_ERROR || !res) {
+        fan_fault_from_result(f, (int)r->index, res, r->label);
+        rc = f->code;
+    } else {
+        fan_fault_set(f, (int)r->index, PGFAN_ENOTCOPY,
+                      "%s: the statement did not start COPY FROM STDIN (got %s)", r->label,
+                      PQresStatus(st));
+        rc = PGFAN_ENOTCOPY;
+    }
+    PQclear(res);
+    fan_drain_results(r->conn, NULL, (int)r->index, r->label);
+    return rc;
+}
+
+/* Blocking realignment, used before the receiver's thread runs. */
+void fan_receiver_realign(pgfan_receiver *r, const char *reason)
+{
+    if (r->kind != FAN_RECEIVER_STATEMENT || !r->in_copy)
+        return;
+    r->in_copy = 0;
+    if (PQstatus(r->conn) == CONNECTION_BAD)
+        return;
+    PQsetnonblocking(r->conn, 0);
+    PQputCopyEnd(r->conn, reason);
+    fan_drain_results(r->conn, NULL, (int)r->index, r->label);
+}
+
+void fan_receiver_command(pgfan_receiver *r, enum fan_command cmd)
+{
+    /* seq_cst store, then kick: the thread re-reads commands after waking. */
+    atomic_store(&r->command, cmd);
+    fan_ring_kick_reader(&r->manager->ring, r->index);
+}
+
+/* ---- the receiver thread ---- */
+
+static fan_ring *ring_of(pgfan_receiver *r)
+{
+    return &r->manager->ring;
+}
+
+static enum fan_command command_of(pgfan_receiver *r)
+{
+    return (enum fan_command)atomic_load(&r->command);
+}
+
+static void set_state(pgfan_receiver *r, pgfan_receiver_state s)
+{
+    if (s == PGFAN_RECEIVER_DONE || s == PGFAN_RECEIVER_FAILED ||
+        s == PGFAN_RECEIVER_DROPPED)
+        fan_now(&r->ended_at); /* published by the seq_cst store below */
+    atomic_store(&r->state, (int)s);
+}
+
+static void raise_fault(pgfan_receiver *r, pgfan_fault *f)
+{
+    f->bytes = atomic_load_explicit(&r->bytes, memory_order_relaxed);
+    f->rows = atomic_load_explicit(&r->rows, memory_order_relaxed);
+    set_state(r, PGFAN_RECEIVER_FAULTED);
+    fan_manager_post_fault(r->manager, f);
+}
+
+static void conn_fault(pgfan_receiver *r)
+{
+    pgfan_fault f;
+    fan_fault_from_conn(&f, (int)r->index, r->conn, r->label);
+    if (PQstatus(r->conn) == CONNECTION_BAD)
+        r->in_copy = 0; /* nothing to realign on a dead connection */
+    raise_fault(r, &f);
+}
+
+/* libpq's own notice receiver, which ignores its argument and hands the
+ * notice to the connection's notice processor. */
+static PQnoticeReceiver libpq_default_receiver;
+static pthread_once_t default_receiver_once = PTHREAD_ONCE_INIT;
+
+static void find_default_receiver(void)
+{
+    /* An invalid option makes libpq return a dead connection at once,
+     * without any network activity, carrying the default hooks. */
+    PGconn *probe = PQconnectStart("pgfan_probe_invalid_option=1");
+    if (probe) {
+        libpq_default_receiver = PQsetNoticeReceiver(probe, NULL, NULL);
+        PQfinish(probe);
+    }
+}
+
+static void count_notice(void *arg, const PGresult *res)
+{
+    pgfan_receiver *r = arg;
+    r->notices++;
+    r->saved_notice(NULL, res);
+}
+
+/*
+ * Counting notices tells them apart from an ErrorResponse.  We can forward
+ * to libpq's default receiver (it ignores its argument) but not to a custom
+ * receiver, whose argument libpq does not return: such connections keep
+ * their receiver, and server errors show at the end of the COPY instead.
+ */
+static void install_notice_counter(pgfan_receiver *r)
+{
+    pthread_once(&default_receiver_once, find_default_receiver);
+    r->saved_notice = PQsetNoticeReceiver(r->conn, NULL, NULL);
+    if (r->saved_notice && r->saved_notice == libpq_default_receiver) {
+        PQsetNoticeReceiver(r->conn, count_notice, r);
+        r->counting_notices = 1;
+    }
+}
+
+static void remove_notice_counter(pgfan_receiver *r)
+{
+    if (r->counting_notices)
+        PQsetNoticeReceiver(r->conn, r->saved_notice, NULL);
+    r->counting_notices = 0;
+}
+
+/* Sleeps on the waiter and, for statement receivers, the socket. */
+static int sleep_on(pgfan_receiver *r, short events, int timeout_ms, short *revents)
+{
+    struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn) : -1,
+                         .events = events};
+    int n = r->kind == FAN_RECEIVER_STATEMENT ? 1 : 0;
+    int rc = fan_waiter_sleep(&ring_of(r)->readers[r->index].waiter, &pfd, n, timeout_ms);
+    *revents = n ? pfd.revents : 0;
+    return rc;
+}
+
+/*
+ * The server left COPY mode on its own: end our side with CopyFail so libpq
+ * parses what the server sent, and report the server's own error.
+ */
+static void collect_server_error(pgfan_receiver *r)
+{
+    pgfan_fault f;
+    PQsetnonblocking(r->conn, 0);
+    PQputCopyEnd(r->conn, "pgfan: the server ended the COPY");
+    r->in_copy = 0;
+    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER,
+                  "%s: the server ended the COPY without an error message", r->label);
+    fan_drain_results(r->conn, &f, (int)r->index, r->label);
+    PQsetnonblocking(r->conn, 1);
+    raise_fault(r, &f);
+}
+
+/*
+ * Reads whatever the server sent.  Returns 0 if the COPY is still healthy,
+ * -1 after raising a fault.
+ */
+static int check_input(pgfan_receiver *r)
+{
+    for (;;) {
+        unsigned long before = r->notices;
+        if (!PQconsumeInput(r->conn) || PQstatus(r->conn) == CONNECTION_BAD) {
+            conn_fault(r);
+            return -1;
+        }
+        PGnotify *n;
+        int notified = 0;
+        while ((n = PQnotifies(r->conn)) != NULL) {
+            notified = 1;
+            PQfreemem(n);
+        }
+        if (r->notices != before || notified || !r->counting_notices)
+            return 0;
+        /* Not a notice: either one split across reads, or the server left
+         * COPY mode.  Give a split notice a moment to complete. */
+        short revents;
+        sleep_on(r, POLLIN, SPLIT_NOTICE_WAIT_MS, &revents);
+        if (!(revents & (POLLIN | POLLHUP | POLLERR))) {
+            collect_server_error(r);
+            return -1;
+        }
+    }
+}
+
+/*
+ * Flushes libpq's output buffer.  Returns 0 when flushed, 1 when a command
+ * interrupted it, -1 after a fault.
+ */
+static int flush_all(pgfan_receiver *r, int interruptible)
+{
+    for (;;) {
+        int rc = PQflush(r->conn);
+        if (rc == 0)
+            return 0;
+        if (rc < 0) {
+            conn_fault(r);
+            return -1;
+        }
+        enum fan_command cmd = command_of(r);
+        if (interruptible && (cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP))
+            return 1;
+        short revents;
+        sleep_on(r, POLLIN | POLLOUT, -1, &revents);
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) && check_input(r) != 0)
+            return -1;
+    }
+}
+
+/* Hands one slot to the target.  Returns 0, 1 when interrupted by a
+ * command, or -1 after a fault. */
+static int deliver(pgfan_receiver *r, const fan_slot *s)
+{
+    if (r->kind == FAN_RECEIVER_CALL) {
+        int rc = r->call(r->call_arg, s->data, s->len);
+        if (rc != 0) {
+            pgfan_fault f;
+            fan_fault_set(&f, (int)r->index, PGFAN_ECALLBACK,
+                          "%s: the receiver callback failed (%d)", r->label, rc);
+            raise_fault(r, &f);
+            return -1;
+        }
+        return 0;
+    }
+    for (;;) {
+        int rc = PQputCopyData(r->conn, s->data, (int)s->len);
+        if (rc == 1)
+            return 0;
+        if (rc < 0) {
+            conn_fault(r);
+            return -1;
+        }
+        /* 0: libpq's buffer is full in non-blocking mode; make room. */
+        if ((rc = flush_all(r, 1)) != 0)
+            return rc;
+    }
+}
+
+static void add_progress(pgfan_receiver *r, const fan_slot *s)
+{
+    atomic_fetch_add_explicit(&r->bytes, s->len, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->rows, s->rows, memory_order_relaxed);
+}
+
+/* Waits for the server's answer to CopyDone/CopyFail without blocking
+ * where nobody can wake us.  Returns the first error in `f`, if any. */
+static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
+{
+    int failed = 0;
+    for (;;) {
+        while (PQisBusy(r->conn)) {
+            short revents;
+            if (PQstatus(r->conn) == CONNECTION_BAD)
+                break;
+            sleep_on(r, POLLIN, -1, &revents);
+            if (!PQconsumeInput(r->conn))
+                break;
+        }
+        PGresult *res = PQgetResult(r->conn);
+        if (!res)
+            return failed ? -1 : 0;
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_COMMAND_OK) {
+            r->server_rows = strtoull(PQcmdTuples(res), NULL, 10);
+            *got_ok = 1;
+        } else if (st == PGRES_COPY_IN) {
+            /* CopyFail did not go out yet: send it again. */
+            PQputCopyEnd(r->conn, "pgfan: COPY ended by the client");
+            flush_all(r, 0);
+        } else if (!failed) {
+            failed = 1;
+            fan_fault_from_result(f, (int)r->index, res, r->label);
+        }
+        PQclear(res);
+    }
+}
+
+static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok)
+{
+    *got_ok = 0;
+    if (PQstatus(r->conn) == CONNECTION_BAD) {
+        fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
+        r->in_copy = 0;
+        return -1;
+    }
+    int rc;
+    while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
+        if (flush_all(r, 0) < 0)
+            break;
+    if (rc < 0 || flush_all(r, 0) < 0) {
+        fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
+        r->in_copy = 0;
+        return -1;
+    }
+    r->in_copy = 0;
+    return collect_results(r, f, got_ok);
+}
+
+/* CopyDone, then check the server's row count against the producer's. */
+static void complete(pgfan_receiver *r)
+{
+    pgfan_fault f;
+    int ok = 0;
+    if (r->kind == FAN_RECEIVER_CALL) {
+        set_state(r, PGFAN_RECEIVER_DONE);
+        return;
+    }
+    if (flush_all(r, 0) != 0) {
+        set_state(r, PGFAN_RECEIVER_FAILED); /* the fault is raised */
+        return;
+    }
+    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER,
+                  "%s: the server did not confirm the COPY", r->label);
+    if (end_copy(r, NULL, &f, &ok) != 0 || !ok) {
+        raise_fault(r, &f);
+        set_state(r, PGFAN_RECEIVER_FAILED);
+        return;
+    }
+    uint64_t want = r->manager->producer->final_rows;
+    atomic_store_explicit(&r->rows, r->server_rows, memory_order_relaxed);
+    if (r->server_rows != want) {
+        fan_fault_set(&f, (int)r->index, PGFAN_EROWCOUNT,
+                      "%s: the target stored %llu rows but the source sent %llu", r->label,
+                      (unsigned long long)r->server_rows, (unsigned long long)want);
+        raise_fault(r, &f);
+        set_state(r, PGFAN_RECEIVER_FAILED);
+        return;
+    }
+    set_state(r, PGFAN_RECEIVER_DONE);
+}
+
+/* CopyFail with the reason; the connection ends up idle. */
+static void fail_copy(pgfan_receiver *r, pgfan_receiver_state final)
+{
+    if (r->kind == FAN_RECEIVER_STATEMENT && r->in_copy) {
+        pgfan_fault f;
+        int ok;
+        /* The manager wrote its reason before the seq_cst store of the
+         * command we acted on. */
+        const char *reason = final == PGFAN_RECEIVER_DROPPED
+                                 ? "pgfan: target dropped after a fault"
+                                 : r->manager->reason;
+        end_copy(r, reason, &f, &ok);
+    }
+    set_state(r, final);
+}
+
+/* Drains the ring until a command ends the copy for this receiver. */
+static enum fan_command pump(pgfan_receiver *r)
+{
+    fan_ring *ring = ring_of(r);
+    uint64_t cursor = fan_ring_cursor(ring, r->index);
+    for (;;) {
+        enum fan_command cmd = command_of(r);
+        if (cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP)
+            return cmd;
+        if (cmd == FAN_CMD_COMMIT && atomic_load(&r->drained))
+            return cmd;
+        int faulted = atomic_load(&r->state) == PGFAN_RECEIVER_FAULTED;
+        if (!faulted && cursor != fan_ring_head(ring)) {
+            const fan_slot *s = fan_ring_slot(ring, cursor);
+            if (deliver(r, s) != 0)
+                continue;
+            add_progress(r, s);
+            cursor++;
+            fan_ring_release(ring, r->index, cursor);
+            /* Flushing each slot bounds libpq's buffer to about one slot. */
+            if (r->kind == FAN_RECEIVER_STATEMENT)
+                flush_all(r, 1);
+            continue;
+        }
+        short revents = 0;
+        if (!faulted && fan_ring_state(ring) == FAN_RING_ENDED &&
+            cursor == fan_ring_head(ring) && !atomic_load(&r->drained)) {
+            atomic_store(&r->drained, 1);
+            fan_manager_poke(r->manager);
+            continue;
+        }
+        if (faulted || fan_ring_state(ring) != FAN_RING_OPEN) {
+            sleep_on(r, r->in_copy ? POLLIN : 0, -1, &revents);
+        } else {
+            struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn)
+                                                                        : -1,
+                                 .events = POLLIN};
+            fan_ring_wait_data(ring, r->index, cursor, &pfd, pfd.fd >= 0 ? 1 : 0, -1);
+            revents = pfd.revents;
+        }
+        if (!faulted && r->in_copy && (revents & (POLLIN | POLLHUP | POLLERR)))
+            check_input(r);
+    }
+}
+
+void *fan_receiver_main(void *arg)
+{
+    pgfan_receiver *r = arg;
+    if (r->kind == FAN_RECEIVER_STATEMENT) {
+        PQsetnonblocking(r->conn, 1);
+        install_notice_counter(r);
+    }
+    set_state(r, PGFAN_RECEIVER_ACTIVE);
+    enum fan_command cmd = pump(r);
+    if (cmd == FAN_CMD_COMMIT)
+        complete(r);
+    else
+        fail_copy(r, cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
+    if (fan_ring_is_gating(ring_of(r), r->index))
+        fan_ring_leave(ring_of(r), r->index);
+    if (r->kind == FAN_RECEIVER_STATEMENT) {
+        remove_notice_counter(r);
+        PQsetnonblocking(r->conn, 0);
+    }
+    /* seq_cst: the manager sees `exited` only after we stopped using conn. */
+    atomic_store(&r->exited, 1);
+    fan_manager_poke(r->manager);
+    return NULL;
+}

@@ -1,0 +1,274 @@
+#include "ring.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Brief spinning before sleeping: long enough to catch a hand-off that is
+ * already in flight, short enough not to take a core from the servers. */
+#define SPIN_ROUNDS 64
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+int fan_ring_init(fan_ring *r, uint64_t nslots, size_t chunk_bytes, size_t nreaders,
+                  uint64_t first_seq)
+{
+    memset(r, 0, sizeof *r);
+    r->writer.fd = -1;
+    if (nslots < 2 || (nslots & (nslots - 1)) != 0 || chunk_bytes == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    r->nslots = nslots;
+    r->mask = nslots - 1;
+    r->chunk_bytes = chunk_bytes;
+    atomic_init(&r->head, first_seq);
+    atomic_init(&r->epoch, 0);
+    atomic_init(&r->state, FAN_RING_OPEN);
+    atomic_init(&r->stopped, 0);
+    r->next = first_seq;
+    r->cached_min = first_seq;
+    r->seen_epoch = 0;
+
+    r->slots = calloc(nslots, sizeof *r->slots);
+    if (nreaders > 0 && posix_memalign((void **)&r->readers, FAN_CACHELINE,
+                                       nreaders * sizeof *r->readers) != 0)
+        r->readers = NULL;
+    if (!r->slots || (nreaders > 0 && !r->readers))
+        goto fail;
+    for (size_t i = 0; i < nreaders; i++) {
+        fan_reader *rd = &r->readers[i];
+        memset(rd, 0, sizeof *rd);
+        rd->waiter.fd = -1;
+        atomic_init(&rd->cursor, first_seq);
+        atomic_init(&rd->gating, 1);
+        r->nreaders = i + 1;
+        if (fan_waiter_init(&rd->waiter) != 0)
+            goto fail;
+    }
+    if (fan_waiter_init(&r->writer) != 0)
+        goto fail;
+    for (uint64_t i = 0; i < nslots; i++) {
+        r->slots[i].data = malloc(chunk_bytes);
+        if (!r->slots[i].data)
+            goto fail;
+        r->slots[i].cap = chunk_bytes;
+    }
+    return 0;
+fail:
+    fan_ring_destroy(r);
+    errno = ENOMEM;
+    return -1;
+}
+
+void fan_ring_destroy(fan_ring *r)
+{
+    if (r->slots)
+        for (uint64_t i = 0; i < r->nslots; i++)
+            free(r->slots[i].data);
+    free(r->slots);
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_destroy(&r->readers[i].waiter);
+    free(r->readers);
+    fan_waiter_destroy(&r->writer);
+    memset(r, 0, sizeof *r);
+    r->writer.fd = -1;
+}
+
+/* The smallest cursor of the gating set, as a distance below `seq`. */
+static uint64_t scan_min(fan_ring *r, uint64_t seq)
+{
+    uint64_t min = seq;
+    for (size_t i = 0; i < r->nreaders; i++) {
+        fan_reader *rd = &r->readers[i];
+        /* E4: seq_cst load of membership, ordered after our epoch load. */
+        if (!atomic_load(&rd->gating))
+            continue;
+        /* E2 (+E3): seq_cst includes acquire; pairs with the reader's
+         * release of its cursor, so its reads of the slot are complete. */
+        uint64_t c = atomic_load(&rd->cursor);
+        if (seq - c > seq - min)
+            min = c;
+    }
+    return min;
+}
+
+static int space_free(fan_ring *r, int force_scan)
+{
+    uint64_t s = r->next;
+    /* E4: seq_cst pairs with fan_ring_join()'s fetch_add. */
+    uint64_t e = atomic_load(&r->epoch);
+    if (!force_scan && e == r->seen_epoch && s - r->cached_min < r->nslots)
+        return 1;
+    r->seen_epoch = e;
+    r->cached_min = scan_min(r, s);
+    return s - r->cached_min < r->nslots;
+}
+
+int fan_ring_wait_space(fan_ring *r, int timeout_ms)
+{
+    if (space_free(r, 0))
+        return 1;
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        cpu_relax();
+        if (space_free(r, 1))
+            return 1;
+    }
+    fan_waiter_prepare(&r->writer);
+    /* E3: re-check after announcing the sleep. */
+    if (space_free(r, 1) || atomic_load(&r->stopped)) {
+        fan_waiter_cancel(&r->writer);
+        return space_free(r, 0);
+    }
+    fan_waiter_sleep(&r->writer, NULL, 0, timeout_ms);
+    return space_free(r, 1);
+}
+
+fan_slot *fan_ring_claim(fan_ring *r)
+{
+    fan_slot *s = &r->slots[r->next & r->mask];
+    /* A slot grown for a huge row goes back to its normal size when reused,
+     * so memory stays bounded by nslots x chunk_bytes between such rows. */
+    if (s->cap > r->chunk_bytes) {
+        char *p = realloc(s->data, r->chunk_bytes);
+        if (p) {
+            s->data = p;
+            s->cap = r->chunk_bytes;
+        }
+    }
+    s->len = 0;
+    s->rows = 0;
+    return s;
+}
+
+int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need)
+{
+    (void)r;
+    if (need <= s->cap)
+        return 0;
+    size_t cap = s->cap ? s->cap : 4096;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) {
+            cap = need;
+            break;
+        }
+        cap *= 2;
+    }
+    char *p = realloc(s->data, cap);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    s->data = p;
+    s->cap = cap;
+    return 0;
+}
+
+void fan_ring_publish(fan_ring *r)
+{
+    r->next++;
+    /* E1: release (seq_cst) publishes the slot contents.
+     * E3: seq_cst store before loading the readers' sleeping flags. */
+    atomic_store(&r->head, r->next);
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_notify(&r->readers[i].waiter);
+}
+
+void fan_ring_close(fan_ring *r, int state)
+{
+    /* E3: seq_cst store of the state before the readers' sleeping flags. */
+    atomic_store(&r->state, state);
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_notify(&r->readers[i].waiter);
+}
+
+int fan_ring_state(fan_ring *r)
+{
+    /* Acquire: a reader that sees ENDED also sees the final head. */
+    return atomic_load_explicit(&r->state, memory_order_acquire);
+}
+
+static int data_ready(fan_ring *r, uint64_t cursor)
+{
+    return fan_ring_head(r) != cursor || fan_ring_state(r) != FAN_RING_OPEN ||
+           atomic_load_explicit(&r->stopped, memory_order_relaxed);
+}
+
+int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollfd *extra,
+                       int nextra, int timeout_ms)
+{
+    fan_reader *rd = &r->readers[reader];
+    for (int i = 0; i < nextra; i++)
+        extra[i].revents = 0;
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        if (data_ready(r, cursor))
+            return 1;
+        cpu_relax();
+    }
+    fan_waiter_prepare(&rd->waiter);
+    /* E3: seq_cst re-check of head and state after announcing the sleep. */
+    if (atomic_load(&r->head) != cursor || atomic_load(&r->state) != FAN_RING_OPEN ||
+        atomic_load(&r->stopped)) {
+        fan_waiter_cancel(&rd->waiter);
+        return 1;
+    }
+    fan_waiter_sleep(&rd->waiter, extra, nextra, timeout_ms);
+    return data_ready(r, cursor);
+}
+
+void fan_ring_release(fan_ring *r, size_t reader, uint64_t cursor)
+{
+    /* E2: release (seq_cst) after our last read of the slots below cursor.
+     * E3: seq_cst store before loading the writer's sleeping flag. */
+    atomic_store(&r->readers[reader].cursor, cursor);
+    fan_waiter_notify(&r->writer);
+}
+
+void fan_ring_leave(fan_ring *r, size_t reader)
+{
+    /* E3: seq_cst store before loading the writer's sleeping flag. */
+    atomic_store(&r->readers[reader].gating, 0);
+    fan_waiter_notify(&r->writer);
+}
+
+int fan_ring_join(fan_ring *r, size_t reader)
+{
+    fan_reader *rd = &r->readers[reader];
+    uint64_t cursor = atomic_load_explicit(&rd->cursor, memory_order_relaxed);
+    /* E4: store membership, bump epoch, then load head, all seq_cst. */
+    atomic_store(&rd->gating, 1);
+    atomic_fetch_add(&r->epoch, 1);
+    uint64_t head = atomic_load(&r->head);
+    /* The writer may be filling slot `head` right now, which overwrites
+     * sequence head - nslots; everything from cursor on must be newer. */
+    if (head - cursor >= r->nslots) {
+        fan_ring_leave(r, reader);
+        return -1;
+    }
+    return 0;
+}
+
+void fan_ring_stop(fan_ring *r)
+{
+    atomic_store(&r->stopped, 1);
+    fan_waiter_kick(&r->writer);
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_kick(&r->readers[i].waiter);
+}
+
+void fan_ring_kick_reader(fan_ring *r, size_t reader)
+{
+    fan_waiter_kick(&r->readers[reader].waiter);
+}
+
+void fan_ring_kick_writer(fan_ring *r)
+{
+    fan_waiter_kick(&r->writer);
+}

@@ -1,0 +1,152 @@
+/*
+ * The broadcast ring: one writer (the producer thread), N readers (receiver
+ * threads), every reader sees every slot.
+ *
+ * Sequence numbers are free-running 64-bit counters; slot index = seq & mask.
+ * `head`: slots < head are published.  Each reader's `cursor`: slots <
+ * cursor are done for it.  The writer may fill slot s only when
+ * s - cursor < nslots for every reader in the gating set.
+ *
+ * Memory-ordering edges (every one is named where it is used):
+ *  E1 publish: writer fills a slot, then stores head (release);
+ *     a reader loads head (acquire), then reads the slot.
+ *  E2 release: a reader finishes reading, then stores its cursor (release);
+ *     the writer loads cursors (acquire) before reusing a slot.
+ *  E3 sleep/wake: the sleeper's seq_cst store of its `sleeping` flag followed
+ *     by a seq_cst re-check, against the waker's seq_cst store of head,
+ *     cursor or state followed by a seq_cst load of `sleeping` (wake.h).
+ *  E4 join: a reader re-entering the gating set stores `gating`, bumps
+ *     `epoch` and loads head, all seq_cst; the writer loads `epoch` seq_cst
+ *     before every claim and rescans cursors when it changed.  Either the
+ *     writer sees the reader, or the reader sees a head that tells it
+ *     whether its data is still intact.
+ *
+ * Only a reader's own thread changes its gating membership, and only at a
+ * point where it holds no slot, so a slot is never reused under a reader.
+ */
+#ifndef FAN_RING_H
+#define FAN_RING_H
+
+#include <poll.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wake.h"
+
+#define FAN_CACHELINE 64
+
+typedef struct fan_slot {
+    char *data;
+    size_t len;    /* bytes of COPY data, whole rows only */
+    size_t cap;    /* allocated bytes; may exceed chunk size for a huge row */
+    uint64_t rows; /* rows whose data ends in this slot */
+} fan_slot;
+
+enum fan_ring_state {
+    FAN_RING_OPEN = 0,  /* the writer may still publish */
+    FAN_RING_ENDED = 1, /* the writer reached the producer's end: head is final */
+    FAN_RING_FAILED = 2 /* the writer stopped early: the data is incomplete */
+};
+
+typedef struct fan_reader {
+    alignas(FAN_CACHELINE) _Atomic uint64_t cursor;
+    alignas(FAN_CACHELINE) atomic_int gating;
+    fan_waiter waiter;
+} fan_reader;
+
+typedef struct fan_ring {
+    alignas(FAN_CACHELINE) _Atomic uint64_t head;
+    alignas(FAN_CACHELINE) _Atomic uint64_t epoch;
+    atomic_int state;
+    atomic_int stopped;
+    /* Writer-private: next sequence to fill and the cached gating minimum. */
+    alignas(FAN_CACHELINE) uint64_t next;
+    uint64_t cached_min;
+    uint64_t seen_epoch;
+    fan_waiter writer;
+    uint64_t nslots;
+    uint64_t mask;
+    size_t chunk_bytes;
+    fan_slot *slots;
+    fan_reader *readers;
+    size_t nreaders;
+} fan_ring;
+
+/*
+ * Sets up a ring of `nslots` (power of two >= 2) slots of `chunk_bytes` for
+ * `nreaders` readers, all in the gating set with cursor = `first_seq`.
+ * Returns 0, or -1 with errno set.
+ */
+int fan_ring_init(fan_ring *r, uint64_t nslots, size_t chunk_bytes, size_t nreaders,
+                  uint64_t first_seq);
+void fan_ring_destroy(fan_ring *r);
+
+/* ---- writer ---- */
+
+/*
+ * Waits until the slot at r->next may be filled.  Returns 1 when it may, 0
+ * when woken or timed out first (the caller checks its own flags and calls
+ * again), and never blocks longer than `timeout_ms` (-1: no limit).
+ */
+int fan_ring_wait_space(fan_ring *r, int timeout_ms);
+/* The slot at r->next, emptied; valid only after fan_ring_wait_space() == 1. */
+fan_slot *fan_ring_claim(fan_ring *r);
+/* Makes sure the claimed slot holds `need` bytes.  Returns 0 or -1 (ENOMEM). */
+int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need);
+/* Publishes the claimed slot and wakes sleeping readers. */
+void fan_ring_publish(fan_ring *r);
+/* Ends the stream (FAN_RING_ENDED or FAN_RING_FAILED) and wakes every reader. */
+void fan_ring_close(fan_ring *r, int state);
+
+/* ---- readers ---- */
+
+static inline uint64_t fan_ring_head(fan_ring *r)
+{
+    /* E1: acquire pairs with the writer's release store in publish. */
+    return atomic_load_explicit(&r->head, memory_order_acquire);
+}
+
+static inline const fan_slot *fan_ring_slot(const fan_ring *r, uint64_t seq)
+{
+    return &r->slots[seq & r->mask];
+}
+
+int fan_ring_state(fan_ring *r);
+
+/*
+ * Waits until head != cursor or the ring is closed or stopped (returns 1),
+ * or until woken, one of `extra` is ready or `timeout_ms` passes (returns
+ * 0; `extra` revents are filled).
+ */
+int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollfd *extra,
+                       int nextra, int timeout_ms);
+/* Marks slots < cursor done for `reader` and wakes a sleeping writer. */
+void fan_ring_release(fan_ring *r, size_t reader, uint64_t cursor);
+/* Takes `reader` out of the gating set (its thread must hold no slot). */
+void fan_ring_leave(fan_ring *r, size_t reader);
+/*
+ * Puts `reader` back in the gating set at its cursor.  Returns 0, or -1 if
+ * slots it has not read may already have been overwritten (it stays out).
+ */
+int fan_ring_join(fan_ring *r, size_t reader);
+static inline uint64_t fan_ring_cursor(fan_ring *r, size_t reader)
+{
+    return atomic_load_explicit(&r->readers[reader].cursor, memory_order_relaxed);
+}
+static inline int fan_ring_is_gating(fan_ring *r, size_t reader)
+{
+    return atomic_load_explicit(&r->readers[reader].gating, memory_order_relaxed);
+}
+
+/* ---- anyone ---- */
+
+/* Stops every wait: writer and readers return 0 and check their flags. */
+void fan_ring_stop(fan_ring *r);
+/* Wakes one reader's current or next wait (to make it check its flags). */
+void fan_ring_kick_reader(fan_ring *r, size_t reader);
+/* Wakes the writer's current or next wait. */
+void fan_ring_kick_writer(fan_ring *r);
+
+#endif

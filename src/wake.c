@@ -1,0 +1,72 @@
+#include "wake.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+int fan_waiter_init(fan_waiter *w)
+{
+    atomic_init(&w->sleeping, 0);
+    w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return w->fd < 0 ? -1 : 0;
+}
+
+void fan_waiter_destroy(fan_waiter *w)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+}
+
+void fan_waiter_prepare(fan_waiter *w)
+{
+    /* seq_cst: pairs with the waker's seq_cst store of the condition. */
+    atomic_store(&w->sleeping, 1);
+}
+
+void fan_waiter_cancel(fan_waiter *w)
+{
+    atomic_store_explicit(&w->sleeping, 0, memory_order_relaxed);
+}
+
+static void drain(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+}
+
+int fan_waiter_sleep(fan_waiter *w, struct pollfd *extra, int nextra, int timeout_ms)
+{
+    struct pollfd fds[4];
+    int n = 0, rc;
+
+    fds[n++] = (struct pollfd){.fd = w->fd, .events = POLLIN};
+    for (int i = 0; i < nextra && n < 4; i++)
+        fds[n++] = extra[i];
+    do
+        rc = poll(fds, (nfds_t)n, timeout_ms);
+    while (rc < 0 && errno == EINTR);
+    if (rc > 0 && (fds[0].revents & POLLIN))
+        drain(w->fd);
+    for (int i = 0; i < nextra && i < 3; i++)
+        extra[i].revents = fds[i + 1].revents;
+    atomic_store_explicit(&w->sleeping, 0, memory_order_relaxed);
+    return rc;
+}
+
+void fan_waiter_kick(fan_waiter *w)
+{
+    uint64_t one = 1;
+    while (write(w->fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+void fan_waiter_notify(fan_waiter *w)
+{
+    /* seq_cst: pairs with fan_waiter_prepare(); the exchange makes only one
+     * waker pay for the system call. */
+    if (atomic_load(&w->sleeping) && atomic_exchange(&w->sleeping, 0))
+        fan_waiter_kick(w);
+}

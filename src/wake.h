@@ -1,0 +1,41 @@
+/*
+ * A waiter: one thread sleeps on it, any thread wakes it.
+ *
+ * It is an eventfd plus a `sleeping` flag, so a sleeper can also poll()
+ * sockets and a waker only makes a system call when someone sleeps.  The
+ * sleeper's protocol is: fan_waiter_prepare(); re-check the condition;
+ * fan_waiter_sleep() or fan_waiter_cancel().  A waker changes the condition
+ * with a seq_cst store, then calls fan_waiter_notify().  Both sides use
+ * seq_cst (store flag / load condition against store condition / load flag),
+ * so at least one of them sees the other and no wake-up is lost.
+ */
+#ifndef FAN_WAKE_H
+#define FAN_WAKE_H
+
+#include <poll.h>
+#include <stdatomic.h>
+
+typedef struct fan_waiter {
+    atomic_int sleeping;
+    int fd;
+} fan_waiter;
+
+int fan_waiter_init(fan_waiter *w);
+void fan_waiter_destroy(fan_waiter *w);
+
+/* Announces the intent to sleep; the caller re-checks its condition next. */
+void fan_waiter_prepare(fan_waiter *w);
+/* Withdraws the intent when the re-check found the condition already true. */
+void fan_waiter_cancel(fan_waiter *w);
+/*
+ * Sleeps until woken, until one of `extra` is ready, or `timeout_ms` passes
+ * (-1: no limit).  Returns poll()'s result; revents of `extra` are filled.
+ */
+int fan_waiter_sleep(fan_waiter *w, struct pollfd *extra, int nextra, int timeout_ms);
+
+/* Wakes the sleeper if it announced itself (cheap when nobody sleeps). */
+void fan_waiter_notify(fan_waiter *w);
+/* Wakes the sleeper unconditionally, also its next sleep if not asleep now. */
+void fan_waiter_kick(fan_waiter *w);
+
+#endif

@@ -1,0 +1,83 @@
+#!/bin/sh
+# Throwaway PostgreSQL servers for tests, the demo and benchmarks.
+#
+#   pg-harness.sh start DIR   initdb + start a server whose data and socket
+#                             live in DIR; prints a libpq conninfo for it
+#   pg-harness.sh stop DIR    stop that server and remove DIR
+#
+# initdb refuses to run as root, so as root the server runs as the
+# unprivileged user $PGFAN_PG_USER (default: postgres).
+set -eu
+
+pg_bindir() {
+    if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
+        pg_config --bindir
+        return
+    fi
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$d/initdb" ] && { echo "$d"; return; }
+    done
+    command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return; }
+    echo "pg-harness: no PostgreSQL server binaries found (install postgresql)" >&2
+    exit 1
+}
+
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u "${PGFAN_PG_USER:-postgres}" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start() {
+    dir=$1
+    bin=$(pg_bindir)
+    mkdir -p "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        chown "${PGFAN_PG_USER:-postgres}" "$dir"
+        chmod 700 "$dir"
+    fi
+    user=$(as_owner id -un)
+    as_owner "$bin/initdb" -D "$dir/data" -U "$user" -A trust -E UTF8 --locale=C.UTF-8 \
+        >"$dir/initdb.log" 2>&1 || {
+        echo "pg-harness: initdb failed:" >&2
+        cat "$dir/initdb.log" >&2
+        exit 1
+    }
+    tries=0
+    while :; do
+        port=$(( 20000 + ($$ * 7 + tries * 131 + $(date +%N | sed 's/^0*//;s/^$/0/') ) % 30000 ))
+        if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
+            "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 \
+             -c shared_buffers=128MB -c max_prepared_transactions=20 -c max_wal_size=4GB \
+             -c checkpoint_timeout=30min -c log_min_messages=warning" >/dev/null 2>&1; then
+            break
+        fi
+        tries=$((tries + 1))
+        if [ $tries -ge 5 ]; then
+            echo "pg-harness: the server did not start:" >&2
+            tail -20 "$dir/server.log" >&2 || true
+            exit 1
+        fi
+    done
+    echo "$port" >"$dir/port"
+    echo "host=$dir port=$port user=$user dbname=postgres"
+}
+
+stop() {
+    dir=$1
+    [ -d "$dir" ] || return 0
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        bin=$(pg_bindir)
+        as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$dir"
+}
+
+case "${1:-}" in
+start) start "$2" ;;
+stop) stop "$2" ;;
+*) echo "usage: pg-harness.sh start|stop DIR" >&2; exit 2 ;;
+esac
