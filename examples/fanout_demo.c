@@ -57,7 +57,8 @@ int main(int argc, char **argv)
     const char *copy_in[MAX_TARGETS];
     char copy_out[256], copy_in_sql[256];
     snprintf(copy_out, sizeof copy_out, "COPY %s TO STDOUT (FORMAT binary)", table);
-    snprintf(copy_in_sql, sizeof copy_in_sql, "COPY %s FROM STDIN (FORMAT binary)", table);
+    snprintf(copy_in_sql, sizeof copy_in_sql, "COPY %s FROM STDIN (FORMAT binary)",
+             table);
     for (size_t i = 0; i < n; i++) {
         targets[i] = connect_or_die(argv[3 + i]);
         copy_in[i] = copy_in_sql;

@@ -320,9 +320,9 @@ PGFAN_EXTERN int pgfan_manager_fault(const pgfan_manager *manager, size_t index,
  * first fault that caused it (receiver index, SQLSTATE, message).
  */
 typedef struct pgfan_transfer_result {
-    uint64_t rows;   /* rows read from the source */
-    uint64_t bytes;  /* COPY data bytes read from the source */
-    double seconds;  /* wall time of the whole transfer */
+    uint64_t rows;    /* rows read from the source */
+    uint64_t bytes;   /* COPY data bytes read from the source */
+    double seconds;   /* wall time of the whole transfer */
     size_t committed; /* targets whose COPY was committed */
     int has_error;
     pgfan_fault error;
@@ -338,7 +338,8 @@ typedef struct pgfan_transfer_result {
  * when not NULL, receives one entry per target.
  */
 PGFAN_EXTERN int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
-                                PGconn *const targets[], const char *const copy_from_sql[],
+                                PGconn *const targets[],
+                                const char *const copy_from_sql[],
                                 const pgfan_options *opts, pgfan_transfer_result *result,
                                 pgfan_receiver_result *target_results);
 

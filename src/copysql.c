@@ -148,11 +148,12 @@ int fan_copysql_check(const char *sql, enum fan_copy_direction dir, pgfan_format
 {
     const char *want_kw = dir == FAN_COPY_TO_STDOUT ? "to" : "from";
     const char *want_target = dir == FAN_COPY_TO_STDOUT ? "stdout" : "stdin";
-    const char *want = dir == FAN_COPY_TO_STDOUT ? "COPY ... TO STDOUT" : "COPY ... FROM STDIN";
+    const char *want =
+        dir == FAN_COPY_TO_STDOUT ? "COPY ... TO STDOUT" : "COPY ... FROM STDIN";
     lexer lx = {.p = sql};
     enum tok_kind k;
     int direction_seen = 0, after_format = 0, ended = 0;
-    char prev[64] = "";
+    char prev[64] = "copy";
 
     *format = PGFAN_FORMAT_TEXT;
     if (!sql) {
@@ -170,7 +171,8 @@ int fan_copysql_check(const char *sql, enum fan_copy_direction dir, pgfan_format
             return -1;
         }
         if (ended) {
-            snprintf(err, errlen, "more than one statement given; expected only %s", want);
+            snprintf(err, errlen, "more than one statement given; expected only %s",
+                     want);
             return -1;
         }
         if (k == TOK_PUNCT && lx.punct == ';' && lx.depth == 0) {
@@ -186,8 +188,8 @@ int fan_copysql_check(const char *sql, enum fan_copy_direction dir, pgfan_format
         } else if (k == TOK_WORD && lx.depth == 0 && !direction_seen &&
                    strcmp(prev, want_kw) == 0) {
             if (strcmp(lx.word, want_target) != 0) {
-                snprintf(err, errlen, "COPY %s %s is not supported; expected %s",
-                         want_kw, lx.word, want);
+                snprintf(err, errlen, "COPY %s %s is not supported; expected %s", want_kw,
+                         lx.word, want);
                 return -1;
             }
             direction_seen = 1;

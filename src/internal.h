@@ -20,10 +20,10 @@ enum fan_receiver_kind { FAN_RECEIVER_STATEMENT, FAN_RECEIVER_CALL };
 /* What the manager asks a receiver thread to do. */
 enum fan_command {
     FAN_CMD_NONE = 0,
-    FAN_CMD_COMMIT,    /* the producer reached its end: send CopyDone */
-    FAN_CMD_ABORT,     /* failed copy: send CopyFail */
-    FAN_CMD_DROP,      /* drop this receiver: CopyFail, leave the gating set */
-    FAN_CMD_RECONCILE  /* resume from the cursor after a fault */
+    FAN_CMD_COMMIT,   /* the producer reached its end: send CopyDone */
+    FAN_CMD_ABORT,    /* failed copy: send CopyFail */
+    FAN_CMD_DROP,     /* drop this receiver: CopyFail, leave the gating set */
+    FAN_CMD_RECONCILE /* resume from the cursor after a fault */
 };
 
 struct pgfan_producer {
@@ -36,12 +36,13 @@ struct pgfan_producer {
     int nfields; /* -1 when unknown (iterator) */
     struct pgfan_manager *manager;
 
-    int in_copy;               /* COPY OUT running on conn */
-    fan_rowscan scan;          /* iterator: counts rows, finds row boundaries */
-    _Atomic uint64_t bytes;    /* progress counters, relaxed */
+    int in_copy;            /* COPY OUT running on conn */
+    fan_rowscan scan;       /* iterator: counts rows, finds row boundaries */
+    _Atomic uint64_t bytes; /* progress counters, relaxed */
     _Atomic uint64_t rows;
-    uint64_t final_rows;       /* the source's row count, valid once ended */
-    atomic_int stop;           /* the manager asks the thread to stop */
+    uint64_t final_rows; /* the source's row count, valid once ended */
+    int ended;           /* reached its end: final_rows is valid */
+    atomic_int stop;     /* the manager asks the thread to stop */
     pthread_t thread;
     int thread_started;
 };
@@ -58,19 +59,19 @@ struct pgfan_receiver {
     size_t index;
     struct pgfan_manager *manager;
 
-    int in_copy;                 /* COPY IN running on conn (thread-owned) */
-    atomic_int state;            /* pgfan_receiver_state */
-    atomic_int command;          /* enum fan_command, from the manager */
-    atomic_int drained;          /* consumed the final head of an ended ring */
-    atomic_int exited;           /* the thread no longer touches conn */
-    int counting_notices;        /* our notice receiver is installed */
-    _Atomic uint64_t bytes;      /* progress counters, relaxed */
+    int in_copy;            /* COPY IN running on conn (thread-owned) */
+    atomic_int state;       /* pgfan_receiver_state */
+    atomic_int command;     /* enum fan_command, from the manager */
+    atomic_int drained;     /* consumed the final head of an ended ring */
+    atomic_int exited;      /* the thread no longer touches conn */
+    int counting_notices;   /* our notice receiver is installed */
+    _Atomic uint64_t bytes; /* progress counters, relaxed */
     _Atomic uint64_t rows;
-    uint64_t server_rows;        /* PQcmdTuples at COMMAND_OK */
+    uint64_t server_rows; /* PQcmdTuples at COMMAND_OK */
     struct timespec ended_at;
-    int has_fault;               /* under manager->lock */
+    int has_fault; /* under manager->lock */
     pgfan_fault fault;
-    unsigned long notices;       /* notices seen during the copy */
+    unsigned long notices; /* notices seen during the copy */
     PQnoticeReceiver saved_notice;
     pthread_t thread;
     int thread_started;
@@ -97,11 +98,11 @@ struct pgfan_manager {
     size_t faults_cap;
     size_t faults_reported;
 
-    fan_waiter wake;      /* the manager sleeps here; threads kick it */
-    atomic_int verdict;   /* enum fan_verdict, decided once */
+    fan_waiter wake;    /* the manager sleeps here; threads kick it */
+    atomic_int verdict; /* enum fan_verdict, decided once */
     int end_reported;
-    int failure;          /* the status finish() returns */
-    char reason[160];     /* CopyFail message for receivers */
+    int failure;      /* the status finish() returns */
+    char reason[160]; /* CopyFail message for receivers */
 };
 
 /* ---- manager services used by the threads ---- */
@@ -129,7 +130,8 @@ void fan_receiver_command(pgfan_receiver *r, enum fan_command cmd);
 void fan_fault_set(pgfan_fault *f, int who, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Fills a fault from a failed result: SQLSTATE and primary message. */
-void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res, const char *label);
+void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res,
+                           const char *label);
 /* Fills a fault from the connection's error message. */
 void fan_fault_from_conn(pgfan_fault *f, int who, PGconn *conn, const char *label);
 /* "host:port/dbname" of a connection, never its password. */

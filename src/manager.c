@@ -144,7 +144,8 @@ static int start_threads(pgfan_manager *m)
     int rc = PGFAN_OK;
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
-        if (rc == PGFAN_OK && pthread_create(&r->thread, NULL, fan_receiver_main, r) == 0) {
+        if (rc == PGFAN_OK &&
+            pthread_create(&r->thread, NULL, fan_receiver_main, r) == 0) {
             r->thread_started = 1;
             continue;
         }
@@ -176,7 +177,8 @@ static void join_threads(pgfan_manager *m)
     }
 }
 
-static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure, const char *reason);
+static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
+                         const char *reason);
 
 int pgfan_manager_start(pgfan_manager *m)
 {
@@ -186,8 +188,8 @@ int pgfan_manager_start(pgfan_manager *m)
         return PGFAN_ESTATE;
     if (m->nreceivers == 0)
         return PGFAN_ENORECEIVERS;
-    if (fan_ring_init(&m->ring, m->opts.ring_slots, m->opts.chunk_bytes, m->nreceivers, 0) !=
-        0)
+    if (fan_ring_init(&m->ring, m->opts.ring_slots, m->opts.chunk_bytes, m->nreceivers,
+                      0) != 0)
         return errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ESYSTEM;
     m->ring_ready = 1;
     fan_now(&m->started_at);
@@ -221,7 +223,8 @@ static int is_final(int state)
 }
 
 /* Decides the copy's fate once.  Later calls are ignored. */
-static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure, const char *reason)
+static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
+                         const char *reason)
 {
     int none = FAN_VERDICT_NONE;
     if (!atomic_compare_exchange_strong(&m->verdict, &none, (int)v))
@@ -234,7 +237,8 @@ static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure, cons
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
         if (atomic_load(&r->command) != FAN_CMD_DROP)
-            fan_receiver_command(r, v == FAN_VERDICT_COMMIT ? FAN_CMD_COMMIT : FAN_CMD_ABORT);
+            fan_receiver_command(r, v == FAN_VERDICT_COMMIT ? FAN_CMD_COMMIT
+                                                            : FAN_CMD_ABORT);
     }
     if (v == FAN_VERDICT_ABORT)
         fan_ring_stop(&m->ring);
@@ -288,8 +292,7 @@ static void evaluate(pgfan_manager *m)
         if (!receiver_live(r))
             continue;
         live++;
-        if (atomic_load(&r->drained) &&
-            atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE)
+        if (atomic_load(&r->drained) && atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE)
             drained++;
     }
     int ring = fan_ring_state(&m->ring);
@@ -298,7 +301,8 @@ static void evaluate(pgfan_manager *m)
         fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ENORECEIVERS,
                       "no receivers: every target failed or was dropped");
         fan_manager_post_fault(m, &f);
-        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS, "pgfan: no receivers left");
+        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
+                     "pgfan: no receivers left");
     } else if (ring == FAN_RING_FAILED) {
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
     } else if (ring == FAN_RING_ENDED && drained == live) {
@@ -461,7 +465,8 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
     memset(out, 0, sizeof *out);
     out->producer_bytes = atomic_load_explicit(&m->producer->bytes, memory_order_relaxed);
     out->producer_rows = atomic_load_explicit(&m->producer->rows, memory_order_relaxed);
-    out->producer_done = m->ring_ready && fan_ring_state((fan_ring *)&m->ring) == FAN_RING_ENDED;
+    out->producer_done =
+        m->ring_ready && fan_ring_state((fan_ring *)&m->ring) == FAN_RING_ENDED;
     out->receivers = m->nreceivers;
     for (size_t i = 0; i < m->nreceivers; i++)
         out->active += m->ring_ready && fan_ring_is_gating((fan_ring *)&m->ring, i) &&
@@ -470,7 +475,8 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
     return PGFAN_OK;
 }
 
-int pgfan_manager_receiver(const pgfan_manager *m, size_t index, pgfan_receiver_result *out)
+int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
+                           pgfan_receiver_result *out)
 {
     if (!m || !out || index >= m->nreceivers)
         return PGFAN_EINVAL;

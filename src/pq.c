@@ -24,7 +24,8 @@ static void trim(char *s)
         s[--n] = '\0';
 }
 
-void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res, const char *label)
+void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res,
+                           const char *label)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -90,8 +91,8 @@ int fan_conn_ready(PGconn *conn, pgfan_fault *f, int who, const char *label)
         return PGFAN_ECONN;
     }
     if (PQisBusy(conn) || PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
-        fan_fault_set(f, who, PGFAN_EBUSY, "%s: the connection is busy with another command",
-                      label);
+        fan_fault_set(f, who, PGFAN_EBUSY,
+                      "%s: the connection is busy with another command", label);
         return PGFAN_EBUSY;
     }
     return PGFAN_OK;

@@ -16,7 +16,8 @@
 
 #define PRODUCER_LABEL "source"
 
-int pgfan_producer_new_statement(pgfan_producer **out, PGconn *conn, const char *copy_to_sql)
+int pgfan_producer_new_statement(pgfan_producer **out, PGconn *conn,
+                                 const char *copy_to_sql)
 {
     pgfan_format format;
     char err[256];
@@ -135,9 +136,9 @@ void fan_producer_realign(pgfan_producer *p)
 typedef struct packer {
     pgfan_producer *p;
     fan_ring *ring;
-    fan_slot *slot;      /* claimed, not yet published; NULL if none */
-    size_t cut;          /* iterator: bytes of `slot` that end at a row boundary */
-    uint64_t cut_rows;   /* iterator: scanner rows at `cut` */
+    fan_slot *slot;    /* claimed, not yet published; NULL if none */
+    size_t cut;        /* iterator: bytes of `slot` that end at a row boundary */
+    uint64_t cut_rows; /* iterator: scanner rows at `cut` */
     uint64_t published_rows;
 } packer;
 
@@ -230,21 +231,41 @@ static int wait_source(packer *k)
     return stopping(k->p) ? -1 : 0;
 }
 
-static int is_binary_trailer(const pgfan_producer *p, const char *buf, int n)
+/*
+ * Rows in one CopyData message of a statement producer.  The server sends
+ * one row per message, except in binary format: the header travels in
+ * front of the first tuple and the trailer (int16 -1) comes alone, or right
+ * after the header when there are no rows.
+ */
+static int message_rows(const pgfan_producer *p, const char *buf, size_t n, int first)
 {
-    return p->format == PGFAN_FORMAT_BINARY && n == 2 && (unsigned char)buf[0] == 0xff &&
-           (unsigned char)buf[1] == 0xff;
+    if (p->format != PGFAN_FORMAT_BINARY)
+        return 1;
+    size_t off = 0;
+    if (first && n >= 19) {
+        const unsigned char *h = (const unsigned char *)buf + 15;
+        uint32_t ext =
+            (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        off = 19 + (ext < n - 19 ? ext : n - 19);
+    }
+    size_t rest = n - off;
+    if (rest == 0)
+        return 0;
+    return !(rest == 2 && (unsigned char)buf[off] == 0xff &&
+             (unsigned char)buf[off + 1] == 0xff);
 }
 
 static int run_statement(packer *k)
 {
     pgfan_producer *p = k->p;
-    int consumed = 0;
+    int consumed = 0, first = 1;
     for (;;) {
         char *buf = NULL;
         int n = PQgetCopyData(p->conn, &buf, 1);
         if (n > 0) {
-            int rc = pack_message(k, buf, (size_t)n, !is_binary_trailer(p, buf, n));
+            int rc =
+                pack_message(k, buf, (size_t)n, message_rows(p, buf, (size_t)n, first));
+            first = 0;
             PQfreemem(buf);
             if (rc != PGFAN_OK)
                 return rc;
@@ -252,8 +273,14 @@ static int run_statement(packer *k)
         } else if (n == 0) {
             if (!consumed) {
                 consumed = 1;
-                if (!PQconsumeInput(p->conn))
-                    return PGFAN_ECONN; /* -2 follows from PQgetCopyData */
+                if (!PQconsumeInput(p->conn)) {
+                    pgfan_fault f;
+                    fan_fault_from_conn(&f, PGFAN_PRODUCER_INDEX, p->conn,
+                                        PRODUCER_LABEL);
+                    post(p, &f);
+                    p->in_copy = 0;
+                    return PGFAN_ECONN;
+                }
                 continue;
             }
             publish(k); /* nothing more ready: let the readers have it */
@@ -355,7 +382,8 @@ static int run_iterator(packer *k)
         }
         rc = pack_bytes(k, data, len);
         if (rc == PGFAN_EDATA) {
-            fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_EDATA, "source: %s", p->scan.err);
+            fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_EDATA, "source: %s",
+                          p->scan.err);
             post(p, &f);
         }
         if (rc != PGFAN_OK)
@@ -388,6 +416,7 @@ void *fan_producer_main(void *arg)
     }
     if (rc != PGFAN_OK)
         fan_producer_realign(p);
+    p->ended = rc == PGFAN_OK;
     /* Release (seq_cst) of final_rows and the last head with the state:
      * a reader that sees ENDED sees both. */
     fan_ring_close(k.ring, rc == PGFAN_OK ? FAN_RING_ENDED : FAN_RING_FAILED);

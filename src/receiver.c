@@ -104,9 +104,10 @@ static int check_agreement(pgfan_receiver *r, const pgfan_producer *p, pgfan_fau
 {
     pgfan_format want = r->kind == FAN_RECEIVER_CALL ? p->format : r->format;
     if (want != p->format) {
-        fan_fault_set(f, (int)r->index, PGFAN_EFORMAT,
-                      "%s: format mismatch: the source sends %s but this target expects %s",
-                      r->label, pgfan_format_name(p->format), pgfan_format_name(want));
+        fan_fault_set(
+            f, (int)r->index, PGFAN_EFORMAT,
+            "%s: format mismatch: the source sends %s but this target expects %s",
+            r->label, pgfan_format_name(p->format), pgfan_format_name(want));
         return PGFAN_EFORMAT;
     }
     if (r->nfields >= 0 && p->nfields >= 0 && r->nfields != p->nfields) {
@@ -143,8 +144,8 @@ int fan_receiver_finish_begin(pgfan_receiver *r, const pgfan_producer *p, pgfan_
         rc = f->code;
     } else {
         fan_fault_set(f, (int)r->index, PGFAN_ENOTCOPY,
-                      "%s: the statement did not start COPY FROM STDIN (got %s)", r->label,
-                      PQresStatus(st));
+                      "%s: the statement did not start COPY FROM STDIN (got %s)",
+                      r->label, PQresStatus(st));
         rc = PGFAN_ENOTCOPY;
     }
     PQclear(res);
@@ -451,8 +452,9 @@ static void complete(pgfan_receiver *r)
     atomic_store_explicit(&r->rows, r->server_rows, memory_order_relaxed);
     if (r->server_rows != want) {
         fan_fault_set(&f, (int)r->index, PGFAN_EROWCOUNT,
-                      "%s: the target stored %llu rows but the source sent %llu", r->label,
-                      (unsigned long long)r->server_rows, (unsigned long long)want);
+                      "%s: the target stored %llu rows but the source sent %llu",
+                      r->label, (unsigned long long)r->server_rows,
+                      (unsigned long long)want);
         raise_fault(r, &f);
         set_state(r, PGFAN_RECEIVER_FAILED);
         return;
@@ -510,9 +512,9 @@ static enum fan_command pump(pgfan_receiver *r)
         if (faulted || fan_ring_state(ring) != FAN_RING_OPEN) {
             sleep_on(r, r->in_copy ? POLLIN : 0, -1, &revents);
         } else {
-            struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn)
-                                                                        : -1,
-                                 .events = POLLIN};
+            struct pollfd pfd = {
+                .fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn) : -1,
+                .events = POLLIN};
             fan_ring_wait_data(ring, r->index, cursor, &pfd, pfd.fd >= 0 ? 1 : 0, -1);
             revents = pfd.revents;
         }
@@ -533,7 +535,8 @@ void *fan_receiver_main(void *arg)
     if (cmd == FAN_CMD_COMMIT)
         complete(r);
     else
-        fail_copy(r, cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
+        fail_copy(r,
+                  cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
     if (fan_ring_is_gating(ring_of(r), r->index))
         fan_ring_leave(ring_of(r), r->index);
     if (r->kind == FAN_RECEIVER_STATEMENT) {

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static const unsigned char binary_signature[11] = {'P',  'G',  'C', 'O', 'P', 'Y',
+static const unsigned char binary_signature[11] = {'P',  'G',  'C',  'O',  'P', 'Y',
                                                    '\n', 0377, '\r', '\n', 0};
 
 enum bin_phase {

@@ -17,8 +17,8 @@
 
 typedef struct fan_rowscan {
     pgfan_format format;
-    uint64_t rows;  /* complete rows so far */
-    int finished;   /* end marker (text "\." line) or binary trailer seen */
+    uint64_t rows; /* complete rows so far */
+    int finished;  /* end marker (text "\." line) or binary trailer seen */
     /* text / CSV */
     int in_quote;
     size_t line_len; /* bytes of the current line so far */
@@ -27,7 +27,7 @@ typedef struct fan_rowscan {
     int phase;
     unsigned char hold[19];
     size_t held;
-    uint64_t skip;      /* bytes of field data or header extension to pass over */
+    uint64_t skip; /* bytes of field data or header extension to pass over */
     int fields_left;
     char err[128];
 } fan_rowscan;

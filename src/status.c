@@ -16,25 +16,44 @@ const char *pgfan_version_string(void)
 const char *pgfan_strerror(int code)
 {
     switch (code) {
-    case PGFAN_OK: return "success";
-    case PGFAN_EINVAL: return "invalid argument";
-    case PGFAN_ENOMEM: return "out of memory";
-    case PGFAN_ESTATE: return "operation not valid in the current state";
-    case PGFAN_ENOTCOPY: return "statement is not a COPY of the required direction";
-    case PGFAN_EFORMAT: return "producer and receiver formats or columns differ";
-    case PGFAN_ESERVER: return "the server reported an error";
-    case PGFAN_ECONN: return "connection is broken or not usable";
-    case PGFAN_ECALLBACK: return "a callback reported an error";
-    case PGFAN_EROWCOUNT: return "row count differs from the producer's";
-    case PGFAN_EDATA: return "malformed COPY data";
-    case PGFAN_ESTALL: return "receiver stalled the copy";
-    case PGFAN_EABORTED: return "the copy was aborted";
-    case PGFAN_ENORECEIVERS: return "no receivers";
-    case PGFAN_EGONE: return "the receiver's data has left the ring";
-    case PGFAN_ESYSTEM: return "a system call failed";
-    case PGFAN_EPRODUCER: return "the producer failed";
-    case PGFAN_ERECEIVER: return "a receiver failed";
-    case PGFAN_EBUSY: return "the connection is busy";
+    case PGFAN_OK:
+        return "success";
+    case PGFAN_EINVAL:
+        return "invalid argument";
+    case PGFAN_ENOMEM:
+        return "out of memory";
+    case PGFAN_ESTATE:
+        return "operation not valid in the current state";
+    case PGFAN_ENOTCOPY:
+        return "statement is not a COPY of the required direction";
+    case PGFAN_EFORMAT:
+        return "producer and receiver formats or columns differ";
+    case PGFAN_ESERVER:
+        return "the server reported an error";
+    case PGFAN_ECONN:
+        return "connection is broken or not usable";
+    case PGFAN_ECALLBACK:
+        return "a callback reported an error";
+    case PGFAN_EROWCOUNT:
+        return "row count differs from the producer's";
+    case PGFAN_EDATA:
+        return "malformed COPY data";
+    case PGFAN_ESTALL:
+        return "receiver stalled the copy";
+    case PGFAN_EABORTED:
+        return "the copy was aborted";
+    case PGFAN_ENORECEIVERS:
+        return "no receivers";
+    case PGFAN_EGONE:
+        return "the receiver's data has left the ring";
+    case PGFAN_ESYSTEM:
+        return "a system call failed";
+    case PGFAN_EPRODUCER:
+        return "the producer failed";
+    case PGFAN_ERECEIVER:
+        return "a receiver failed";
+    case PGFAN_EBUSY:
+        return "the connection is busy";
     }
     return "unknown error";
 }
@@ -42,9 +61,12 @@ const char *pgfan_strerror(int code)
 const char *pgfan_format_name(pgfan_format format)
 {
     switch (format) {
-    case PGFAN_FORMAT_TEXT: return "text";
-    case PGFAN_FORMAT_CSV: return "csv";
-    case PGFAN_FORMAT_BINARY: return "binary";
+    case PGFAN_FORMAT_TEXT:
+        return "text";
+    case PGFAN_FORMAT_CSV:
+        return "csv";
+    case PGFAN_FORMAT_BINARY:
+        return "binary";
     }
     return "unknown";
 }
@@ -52,13 +74,20 @@ const char *pgfan_format_name(pgfan_format format)
 const char *pgfan_receiver_state_name(pgfan_receiver_state state)
 {
     switch (state) {
-    case PGFAN_RECEIVER_STARTING: return "starting";
-    case PGFAN_RECEIVER_ACTIVE: return "active";
-    case PGFAN_RECEIVER_PAUSED: return "paused";
-    case PGFAN_RECEIVER_FAULTED: return "faulted";
-    case PGFAN_RECEIVER_DONE: return "done";
-    case PGFAN_RECEIVER_FAILED: return "failed";
-    case PGFAN_RECEIVER_DROPPED: return "dropped";
+    case PGFAN_RECEIVER_STARTING:
+        return "starting";
+    case PGFAN_RECEIVER_ACTIVE:
+        return "active";
+    case PGFAN_RECEIVER_PAUSED:
+        return "paused";
+    case PGFAN_RECEIVER_FAULTED:
+        return "faulted";
+    case PGFAN_RECEIVER_DONE:
+        return "done";
+    case PGFAN_RECEIVER_FAILED:
+        return "failed";
+    case PGFAN_RECEIVER_DROPPED:
+        return "dropped";
     }
     return "unknown";
 }

@@ -18,8 +18,8 @@ static int exec_simple(PGconn *conn, const char *sql, pgfan_fault *f, int who,
 }
 
 static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
-                 size_t ntargets, PGconn *const targets[], const char *const copy_from_sql[],
-                 const pgfan_options *opts)
+                 size_t ntargets, PGconn *const targets[],
+                 const char *const copy_from_sql[], const pgfan_options *opts)
 {
     pgfan_producer *p;
     int rc = pgfan_producer_new_statement(&p, source, copy_to_sql);
@@ -33,7 +33,8 @@ static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
     for (size_t i = 0; i < ntargets && rc == PGFAN_OK; i++) {
         pgfan_receiver *r;
         rc = pgfan_receiver_new_statement(&r, targets[i], copy_from_sql[i]);
-        if (rc == PGFAN_OK && (rc = pgfan_manager_add_receiver(*out, r, NULL)) != PGFAN_OK)
+        if (rc == PGFAN_OK &&
+            (rc = pgfan_manager_add_receiver(*out, r, NULL)) != PGFAN_OK)
             pgfan_receiver_free(r);
     }
     return rc;
@@ -119,8 +120,8 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
     }
     rc = pgfan_manager_run(m);
     int policy = opts ? opts->policy : PGFAN_POLICY_ABORT;
-    int may_commit = rc == PGFAN_OK || (policy == PGFAN_POLICY_DROP && rc != PGFAN_EPRODUCER &&
-                                        rc != PGFAN_EABORTED);
+    int may_commit = rc == PGFAN_OK || (policy == PGFAN_POLICY_DROP &&
+                                        rc != PGFAN_EPRODUCER && rc != PGFAN_EABORTED);
     size_t committed = settle(m, ntargets, targets, own_tx, may_commit);
     if (result)
         result->committed = committed;
@@ -130,7 +131,7 @@ out:
     if (result && m) {
         pgfan_progress pr;
         pgfan_manager_progress(m, &pr);
-        result->rows = m->producer->final_rows ? m->producer->final_rows : pr.producer_rows;
+        result->rows = m->producer->ended ? m->producer->final_rows : pr.producer_rows;
         result->bytes = pr.producer_bytes;
     }
     if (target_results && m)

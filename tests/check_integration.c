@@ -1,0 +1,580 @@
+/*
+ * Integration tests against a real PostgreSQL server.  Each test builds its
+ * own source table, fans it out over separate connections, and asserts row
+ * counts, content checksums and that every connection is usable afterwards.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pgfan.h>
+
+#include "pgtest.h"
+
+#define MAX_TARGETS 8
+
+static const char *const format_option[] = {"text", "csv", "binary"};
+
+typedef struct fanout {
+    PGconn *source;
+    PGconn *targets[MAX_TARGETS];
+    char tables[MAX_TARGETS][64];
+    char copy_in[MAX_TARGETS][160];
+    const char *copy_in_ptr[MAX_TARGETS];
+    size_t n;
+} fanout;
+
+/* Opens a source connection and `n` target connections, each with an empty
+ * table shaped like `source_table`. */
+static void fanout_open(fanout *f, const char *source_table, size_t n, const char *format)
+{
+    memset(f, 0, sizeof *f);
+    f->source = pgt_connect();
+    f->n = n;
+    for (size_t i = 0; i < n; i++) {
+        f->targets[i] = pgt_connect();
+        pgt_name(f->tables[i], sizeof f->tables[i], "dst");
+        pgt_empty_copy(f->targets[i], f->tables[i], source_table);
+        snprintf(f->copy_in[i], sizeof f->copy_in[i], "COPY %s FROM STDIN (FORMAT %s)",
+                 f->tables[i], format);
+        f->copy_in_ptr[i] = f->copy_in[i];
+    }
+}
+
+static void fanout_close(fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++)
+        PQfinish(f->targets[i]);
+    PQfinish(f->source);
+}
+
+/* Every target equals the source, every connection is usable. */
+static void assert_copies_equal(fanout *f, const char *source_table)
+{
+    char *want = pgt_checksum(f->source, source_table);
+    for (size_t i = 0; i < f->n; i++) {
+        char *got = pgt_checksum(f->targets[i], f->tables[i]);
+        ck_assert_msg(strcmp(got, want) == 0, "target %zu holds %s, source %s", i, got,
+                      want);
+        free(got);
+        pgt_assert_usable(f->targets[i]);
+    }
+    pgt_assert_usable(f->source);
+    free(want);
+}
+
+static void assert_targets_empty(fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        char *got = pgt_value(f->targets[i], "SELECT count(*) FROM %s", f->tables[i]);
+        ck_assert_str_eq(got, "0");
+        free(got);
+        pgt_assert_usable(f->targets[i]);
+    }
+    pgt_assert_usable(f->source);
+}
+
+/* Copies source_table into n fresh targets in `format` and checks them. */
+static void transfer_and_verify(const char *source_table, size_t n, const char *format,
+                                long expect_rows)
+{
+    fanout f;
+    char copy_out[160];
+    pgfan_transfer_result res;
+    pgfan_receiver_result per[MAX_TARGETS];
+    fanout_open(&f, source_table, n, format);
+    snprintf(copy_out, sizeof copy_out, "COPY %s TO STDOUT (FORMAT %s)", source_table,
+             format);
+    int rc =
+        pgfan_transfer(f.source, copy_out, n, f.targets, f.copy_in_ptr, NULL, &res, per);
+    ck_assert_msg(rc == PGFAN_OK, "transfer failed: %s: %s", pgfan_strerror(rc),
+                  res.error.message);
+    ck_assert_int_eq(res.rows, expect_rows);
+    ck_assert_uint_eq(res.committed, n);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_int_eq(per[i].state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(per[i].rows, (uint64_t)expect_rows);
+        ck_assert_uint_eq(per[i].bytes, res.bytes);
+    }
+    assert_copies_equal(&f, source_table);
+    fanout_close(&f);
+}
+
+/* ---- the matrix: 1, 3 and 8 receivers in every format ---- */
+
+START_TEST(fan_out_matrix)
+{
+    static const size_t counts[] = {1, 3, 8};
+    const char *format = format_option[_i % 3];
+    size_t n = counts[_i / 3];
+    char src[64];
+    PGconn *c = pgt_connect();
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 20000);
+    transfer_and_verify(src, n, format, 20000);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(zero_and_one_row)
+{
+    const char *format = format_option[_i];
+    char src[64];
+    PGconn *c = pgt_connect();
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 0);
+    transfer_and_verify(src, 2, format, 0);
+    pgt_exec(c, "INSERT INTO %s VALUES (1, 'one', now(), 1.5, true, '\\x00ff')", src);
+    transfer_and_verify(src, 2, format, 1);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(awkward_values_survive)
+{
+    const char *format = format_option[_i];
+    char src[64];
+    PGconn *c = pgt_connect();
+    pgt_name(src, sizeof src, "src");
+    pgt_exec(c, "CREATE TABLE %s (id int, t text, b bytea)", src);
+    pgt_exec(c,
+             "INSERT INTO %s VALUES "
+             "(1, E'tab\\tnewline\\ncr\\rbackslash\\\\end', NULL), "
+             "(2, '\"double\" ''single'' ,comma; semi', ''), "
+             "(3, NULL, NULL), "
+             "(4, 'non-ASCII: ü ß 日本語 😀', NULL), "
+             "(5, E'\\\\.', NULL), "
+             "(6, '', '\\x'), "
+             "(7, '\\N', NULL)",
+             src);
+    /* bytea with every byte value, alone and all together */
+    pgt_exec(c,
+             "INSERT INTO %s SELECT 100 + g, 'byte ' || g, set_byte('\\x00', 0, g) "
+             "FROM generate_series(0, 255) g",
+             src);
+    pgt_exec(c,
+             "INSERT INTO %s SELECT 1000, 'all bytes', "
+             "decode(string_agg(lpad(to_hex(g), 2, '0'), ''), 'hex') "
+             "FROM generate_series(0, 255) g",
+             src);
+    transfer_and_verify(src, 3, format, 7 + 256 + 1);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(one_fifty_megabyte_value)
+{
+    const char *format = _i == 0 ? "text" : "binary";
+    char src[64];
+    PGconn *c = pgt_connect();
+    pgt_name(src, sizeof src, "src");
+    pgt_exec(c, "CREATE TABLE %s (id int, big text)", src);
+    pgt_exec(c, "ALTER TABLE %s ALTER big SET STORAGE EXTERNAL", src);
+    pgt_exec(c, "INSERT INTO %s SELECT 1, repeat(md5('x'), 50 * 1024 * 1024 / 32)", src);
+    pgt_exec(c, "INSERT INTO %s VALUES (2, 'small'), (3, NULL)", src);
+    transfer_and_verify(src, 2, format, 3);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(five_million_small_rows)
+{
+    char src[64];
+    PGconn *c = pgt_connect();
+    pgt_name(src, sizeof src, "src");
+    pgt_exec(c, "CREATE TABLE %s (a int4, b int4)", src);
+    pgt_exec(c, "INSERT INTO %s SELECT g, g %% 1000 FROM generate_series(1, 5000000) g",
+             src);
+    transfer_and_verify(src, 2, "text", 5000000);
+    PQfinish(c);
+}
+END_TEST
+
+/* ---- other producer and receiver kinds ---- */
+
+/* Rows "i<TAB>name i", in chunks that split rows. */
+typedef struct row_source {
+    long next, last;
+    char carry[64];
+    size_t carry_len;
+    char buf[8192];
+} row_source;
+
+static int yield_split_rows(void *arg, const char **data, size_t *len)
+{
+    row_source *s = arg;
+    size_t n = s->carry_len;
+    memcpy(s->buf, s->carry, n);
+    s->carry_len = 0;
+    while (s->next <= s->last && n < sizeof s->buf - 64) {
+        n += (size_t)snprintf(s->buf + n, sizeof s->buf - n, "%ld\tname %ld\n", s->next,
+                              s->next);
+        s->next++;
+    }
+    if (n == 0)
+        return 0;
+    if (s->next <= s->last) { /* hold back 5 bytes: the next chunk starts mid-row */
+        memcpy(s->carry, s->buf + n - 5, 5);
+        s->carry_len = 5;
+        n -= 5;
+    }
+    *data = s->buf;
+    *len = n;
+    return 1;
+}
+
+START_TEST(iterator_producer_to_statement_receivers)
+{
+    PGconn *c = pgt_connect();
+    char ref[64];
+    pgt_name(ref, sizeof ref, "ref");
+    pgt_exec(c, "CREATE TABLE %s (id int8, name text)", ref);
+    pgt_exec(c, "INSERT INTO %s SELECT g, 'name ' || g FROM generate_series(1, 200000) g",
+             ref);
+    fanout f;
+    fanout_open(&f, ref, 3, "text");
+    row_source src = {.next = 1, .last = 200000};
+    pgfan_producer *p;
+    pgfan_manager *m;
+    ck_assert_int_eq(
+        pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, yield_split_rows, &src),
+        PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    for (size_t i = 0; i < f.n; i++) {
+        pgfan_receiver *r;
+        ck_assert_int_eq(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
+                         PGFAN_OK);
+        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+    }
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    for (size_t i = 0; i < f.n; i++) {
+        pgfan_receiver_result rr;
+        pgfan_manager_receiver(m, i, &rr);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(rr.rows, 200000);
+    }
+    pgfan_manager_free(m);
+    f.source = c; /* compare against the reference table */
+    assert_copies_equal(&f, ref);
+    fanout_close(&f);
+}
+END_TEST
+
+typedef struct buffer {
+    char *data;
+    size_t len, cap;
+} buffer;
+
+static int append(void *arg, const char *d, size_t n)
+{
+    buffer *b = arg;
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2;
+        b->data = realloc(b->data, b->cap);
+    }
+    memcpy(b->data + b->len, d, n);
+    b->len += n;
+    return 0;
+}
+
+/* What plain libpq reads for the same COPY. */
+static buffer direct_copy(PGconn *c, const char *sql)
+{
+    buffer b = {0};
+    PGresult *r = PQexec(c, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COPY_OUT);
+    PQclear(r);
+    char *row;
+    int n;
+    while ((n = PQgetCopyData(c, &row, 0)) > 0) {
+        append(&b, row, (size_t)n);
+        PQfreemem(row);
+    }
+    r = PQgetResult(c);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    return b;
+}
+
+START_TEST(statement_producer_to_call_receivers)
+{
+    const char *format = format_option[_i];
+    PGconn *c = pgt_connect();
+    char src[64], sql[160];
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 30000);
+    snprintf(sql, sizeof sql, "COPY %s TO STDOUT (FORMAT %s)", src, format);
+    buffer want = direct_copy(c, sql);
+
+    buffer got[3] = {{0}};
+    pgfan_producer *p;
+    pgfan_manager *m;
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, sql), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    for (size_t i = 0; i < 3; i++) {
+        pgfan_receiver *r;
+        ck_assert_int_eq(pgfan_receiver_new_call(&r, append, &got[i]), PGFAN_OK);
+        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+    }
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    pgfan_progress pr;
+    pgfan_manager_progress(m, &pr);
+    ck_assert_uint_eq(pr.producer_rows, 30000);
+    ck_assert_uint_eq(pr.producer_bytes, want.len);
+    for (size_t i = 0; i < 3; i++) {
+        pgfan_receiver_result rr;
+        pgfan_manager_receiver(m, i, &rr);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(rr.rows, 30000);
+        ck_assert_uint_eq(got[i].len, want.len);
+        ck_assert_int_eq(memcmp(got[i].data, want.data, want.len), 0);
+        free(got[i].data);
+    }
+    pgfan_manager_free(m);
+    pgt_assert_usable(c);
+    free(want.data);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(manager_reports_progress)
+{
+    PGconn *c = pgt_connect();
+    char src[64], sql[160];
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 300000);
+    fanout f;
+    fanout_open(&f, src, 2, "binary");
+    snprintf(sql, sizeof sql, "COPY %s TO STDOUT (FORMAT binary)", src);
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.progress_ms = 10;
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, f.source, sql), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_OK);
+    for (size_t i = 0; i < f.n; i++) {
+        pgfan_receiver *r;
+        ck_assert_int_eq(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
+                         PGFAN_OK);
+        ck_assert_int_eq(pgfan_receiver_set_label(r, i ? "second" : "first"), PGFAN_OK);
+        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+    }
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_event ev;
+    uint64_t last_bytes = 0;
+    int ticks = 0;
+    do {
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        ck_assert_int_ne(ev.type, PGFAN_EVENT_FAULT);
+        pgfan_progress pr;
+        pgfan_manager_progress(m, &pr);
+        ck_assert_uint_ge(pr.producer_bytes, last_bytes);
+        last_bytes = pr.producer_bytes;
+        for (size_t i = 0; i < f.n; i++) {
+            pgfan_receiver_result rr;
+            pgfan_manager_receiver(m, i, &rr);
+            ck_assert_uint_le(rr.bytes, pr.producer_bytes);
+            ck_assert_uint_le(rr.lag, o.ring_slots);
+        }
+        ticks += ev.type == PGFAN_EVENT_PROGRESS;
+    } while (ev.type != PGFAN_EVENT_END);
+    ck_assert_int_gt(ticks, 0);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    pgfan_receiver_result rr;
+    pgfan_manager_receiver(m, 1, &rr);
+    ck_assert_str_eq(rr.label, "second");
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+    ck_assert_uint_eq(rr.rows, 300000);
+    ck_assert(rr.seconds > 0.0);
+    pgfan_manager_free(m);
+    /* The library does not wrap manager copies in transactions. */
+    assert_copies_equal(&f, src);
+    fanout_close(&f);
+    PQfinish(c);
+}
+END_TEST
+
+/* ---- refusals: nothing moves, every connection stays usable ---- */
+
+START_TEST(non_copy_statements_are_refused)
+{
+    PGconn *c = pgt_connect();
+    pgfan_producer *p;
+    pgfan_receiver *r;
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "SELECT 1"), PGFAN_ENOTCOPY);
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "COPY t FROM STDIN"),
+                     PGFAN_ENOTCOPY);
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r, c, "DELETE FROM pg_class"),
+                     PGFAN_ENOTCOPY);
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r, c, "COPY t TO STDOUT"),
+                     PGFAN_ENOTCOPY);
+    ck_assert_int_eq(
+        pgfan_receiver_new_statement(&r, c, "COPY t FROM STDIN; DROP TABLE t"),
+        PGFAN_ENOTCOPY);
+    pgt_assert_usable(c);
+    PQfinish(c);
+}
+END_TEST
+
+static void expect_start_failure(const char *copy_out, const char *good_in,
+                                 const char *copy_in_fmt, int code, const char *sqlstate,
+                                 const char *message_part, int failing_target)
+{
+    PGconn *c = pgt_connect();
+    char src[64];
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 1000);
+    fanout f;
+    fanout_open(&f, src, 2, "text");
+    char out_sql[200], in_sql[2][200];
+    const char *in_ptr[2];
+    snprintf(out_sql, sizeof out_sql, copy_out, src);
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(in_sql[i], sizeof in_sql[i],
+                 i == (size_t)failing_target ? copy_in_fmt : good_in, f.tables[i]);
+        in_ptr[i] = in_sql[i];
+    }
+    pgfan_transfer_result res;
+    int rc = pgfan_transfer(f.source, out_sql, 2, f.targets, in_ptr, NULL, &res, NULL);
+    ck_assert_msg(rc == code, "got %s (%s)", pgfan_strerror(rc), res.error.message);
+    ck_assert_int_eq(res.has_error, 1);
+    ck_assert_int_eq(res.error.receiver, failing_target);
+    ck_assert_str_eq(res.error.sqlstate, sqlstate);
+    ck_assert_msg(strstr(res.error.message, message_part), "message: %s",
+                  res.error.message);
+    ck_assert_uint_eq(res.committed, 0);
+    assert_targets_empty(&f);
+    fanout_close(&f);
+    PQfinish(c);
+}
+
+START_TEST(format_mismatch_is_refused_before_data_moves)
+{
+    expect_start_failure("COPY %s TO STDOUT (FORMAT binary)", "COPY %s FROM STDIN BINARY",
+                         "COPY %s FROM STDIN (FORMAT text)", PGFAN_EFORMAT, "",
+                         "the source sends binary but this target expects text", 0);
+    expect_start_failure("COPY %s TO STDOUT (FORMAT csv)", "COPY %s FROM STDIN CSV",
+                         "COPY %s FROM STDIN", PGFAN_EFORMAT, "",
+                         "the source sends csv but this target expects text", 1);
+    expect_start_failure("COPY %s TO STDOUT", "COPY %s FROM STDIN",
+                         "COPY %s FROM STDIN (FORMAT binary)", PGFAN_EFORMAT, "",
+                         "the source sends text but this target expects binary", 1);
+}
+END_TEST
+
+START_TEST(column_count_mismatch_is_refused)
+{
+    expect_start_failure("COPY %s TO STDOUT", "COPY %s FROM STDIN",
+                         "COPY %s (id, name) FROM STDIN", PGFAN_EFORMAT, "",
+                         "the source sends 6 columns but this target expects 2", 1);
+}
+END_TEST
+
+START_TEST(missing_target_table_reports_the_server_error)
+{
+    expect_start_failure("COPY %s TO STDOUT", "COPY %s FROM STDIN",
+                         "COPY no_such_table_%s FROM STDIN", PGFAN_ESERVER, "42P01",
+                         "no_such_table", 1);
+}
+END_TEST
+
+START_TEST(failing_source_statement_reports_the_server_error)
+{
+    expect_start_failure("COPY (SELECT * FROM %s_missing) TO STDOUT",
+                         "COPY %s FROM STDIN", "COPY %s FROM STDIN", PGFAN_ESERVER,
+                         "42P01", "_missing", PGFAN_PRODUCER_INDEX);
+}
+END_TEST
+
+START_TEST(caller_transaction_is_left_to_the_caller)
+{
+    PGconn *c = pgt_connect();
+    char src[64], sql[160];
+    pgt_name(src, sizeof src, "src");
+    pgt_mixed_table(c, src, 5000);
+    fanout f;
+    fanout_open(&f, src, 2, "text");
+    pgt_exec(f.targets[0], "BEGIN");
+    snprintf(sql, sizeof sql, "COPY %s TO STDOUT", src);
+    pgfan_transfer_result res;
+    ck_assert_int_eq(
+        pgfan_transfer(f.source, sql, 2, f.targets, f.copy_in_ptr, NULL, &res, NULL),
+        PGFAN_OK);
+    ck_assert_int_eq(PQtransactionStatus(f.targets[0]), PQTRANS_INTRANS);
+    char *n = pgt_value(f.targets[0], "SELECT count(*) FROM %s", f.tables[0]);
+    ck_assert_str_eq(n, "5000");
+    free(n);
+    pgt_exec(f.targets[0], "ROLLBACK");
+    n = pgt_value(f.targets[0], "SELECT count(*) FROM %s", f.tables[0]);
+    ck_assert_str_eq(n, "0");
+    free(n);
+    n = pgt_value(f.targets[1], "SELECT count(*) FROM %s", f.tables[1]);
+    ck_assert_str_eq(n, "5000");
+    free(n);
+    fanout_close(&f);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(same_connection_twice_is_refused)
+{
+    PGconn *c = pgt_connect();
+    pgfan_producer *p;
+    pgfan_receiver *r1, *r2;
+    pgfan_manager *m;
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "COPY a TO STDOUT"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r1, c, "COPY b FROM STDIN"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_add_receiver(m, r1, NULL), PGFAN_EINVAL);
+    PGconn *d = pgt_connect();
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r2, d, "COPY b FROM STDIN"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_add_receiver(m, r2, NULL), PGFAN_OK);
+    pgfan_receiver *r3;
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r3, d, "COPY c FROM STDIN"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_add_receiver(m, r3, NULL), PGFAN_EINVAL);
+    pgfan_receiver_free(r1);
+    pgfan_receiver_free(r3);
+    pgfan_manager_free(m);
+    pgt_assert_usable(c);
+    pgt_assert_usable(d);
+    PQfinish(c);
+    PQfinish(d);
+}
+END_TEST
+
+static Suite *integration_suite(void)
+{
+    Suite *s = suite_create("integration");
+    TCase *tc = tcase_create("fan-out");
+    tcase_set_timeout(tc, 1800);
+    tcase_add_loop_test(tc, fan_out_matrix, 0, 9);
+    tcase_add_loop_test(tc, zero_and_one_row, 0, 3);
+    tcase_add_loop_test(tc, awkward_values_survive, 0, 3);
+    tcase_add_loop_test(tc, one_fifty_megabyte_value, 0, 2);
+    tcase_add_test(tc, five_million_small_rows);
+    tcase_add_test(tc, iterator_producer_to_statement_receivers);
+    tcase_add_loop_test(tc, statement_producer_to_call_receivers, 0, 3);
+    tcase_add_test(tc, manager_reports_progress);
+    suite_add_tcase(s, tc);
+    TCase *refuse = tcase_create("refusals");
+    tcase_set_timeout(refuse, 300);
+    tcase_add_test(refuse, non_copy_statements_are_refused);
+    tcase_add_test(refuse, format_mismatch_is_refused_before_data_moves);
+    tcase_add_test(refuse, column_count_mismatch_is_refused);
+    tcase_add_test(refuse, missing_target_table_reports_the_server_error);
+    tcase_add_test(refuse, failing_source_statement_reports_the_server_error);
+    tcase_add_test(refuse, caller_transaction_is_left_to_the_caller);
+    tcase_add_test(refuse, same_connection_twice_is_refused);
+    suite_add_tcase(s, refuse);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(integration_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

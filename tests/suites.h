@@ -1,0 +1,12 @@
+/* Check suites of the unit test program (no server needed). */
+#ifndef PGFAN_TEST_SUITES_H
+#define PGFAN_TEST_SUITES_H
+
+#include <check.h>
+
+Suite *ring_suite(void);
+Suite *rowscan_suite(void);
+Suite *copysql_suite(void);
+Suite *api_suite(void);
+
+#endif

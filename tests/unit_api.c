@@ -1,0 +1,397 @@
+/* The public API without a server: argument checks, codes, versions, and
+ * whole copies from an iterator producer into call receivers. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pgfan.h>
+
+#include "suites.h"
+
+START_TEST(version_macros_match_the_library)
+{
+    ck_assert_uint_eq(pgfan_version(), PGFAN_VERSION_HEX);
+    ck_assert_str_eq(pgfan_version_string(), PGFAN_VERSION_STRING);
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.%d", PGFAN_VERSION_MAJOR, PGFAN_VERSION_MINOR,
+             PGFAN_VERSION_PATCH);
+    ck_assert_str_eq(pgfan_version_string(), want);
+}
+END_TEST
+
+START_TEST(every_status_code_has_a_description)
+{
+    for (int code = 0; code >= PGFAN_EBUSY; code--)
+        ck_assert_str_ne(pgfan_strerror(code), "unknown error");
+    ck_assert_str_eq(pgfan_strerror(-1000), "unknown error");
+    ck_assert_str_eq(pgfan_format_name(PGFAN_FORMAT_CSV), "csv");
+    ck_assert_str_eq(pgfan_receiver_state_name(PGFAN_RECEIVER_DROPPED), "dropped");
+}
+END_TEST
+
+static int never_called(void *arg, const char **d, size_t *n)
+{
+    (void)arg, (void)d, (void)n;
+    return 0;
+}
+
+START_TEST(null_arguments_are_refused)
+{
+    pgfan_producer *p;
+    pgfan_receiver *r;
+    pgfan_manager *m;
+    ck_assert_int_eq(pgfan_producer_new_statement(NULL, NULL, "COPY t TO STDOUT"),
+                     PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, NULL, "COPY t TO STDOUT"),
+                     PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, NULL, NULL),
+                     PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_producer_new_iterator(&p, (pgfan_format)7, never_called, NULL),
+                     PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_receiver_new_statement(&r, NULL, "COPY t FROM STDIN"),
+                     PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_receiver_new_call(&r, NULL, NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_manager_new(&m, NULL, NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_manager_start(NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_manager_finish(NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_manager_abort(NULL, NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_manager_next(NULL, NULL), PGFAN_EINVAL);
+    ck_assert_int_eq(pgfan_transfer(NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL),
+                     PGFAN_EINVAL);
+    pgfan_manager_free(NULL);
+    pgfan_producer_free(NULL);
+    pgfan_receiver_free(NULL);
+}
+END_TEST
+
+START_TEST(bad_options_are_refused_and_ownership_stays)
+{
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_options o;
+    ck_assert_int_eq(
+        pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, never_called, NULL), PGFAN_OK);
+    pgfan_options_init(&o);
+    ck_assert_uint_eq(o.ring_slots, 64);
+    ck_assert_uint_eq(o.chunk_bytes, 128 * 1024);
+    ck_assert_int_eq(o.policy, PGFAN_POLICY_ABORT);
+    o.ring_slots = 48;
+    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
+    o.ring_slots = 8;
+    o.chunk_bytes = 100;
+    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
+    /* Failed calls leave the producer ours: a good call can still take it. */
+    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_ENORECEIVERS);
+    pgfan_manager_free(m);
+}
+END_TEST
+
+/* ---- whole copies without a server ---- */
+
+typedef struct feed {
+    const char *data;
+    size_t len, off, piece;
+    long fail_after; /* return an error after this many chunks (-1 never) */
+    int endless;     /* never end: for finishing early */
+    long calls;
+} feed;
+
+static int feed_next(void *arg, const char **d, size_t *n)
+{
+    feed *f = arg;
+    if (f->fail_after >= 0 && f->calls >= f->fail_after)
+        return -5;
+    f->calls++;
+    if (f->endless) {
+        *d = "1\tloop\n";
+        *n = 7;
+        return 1;
+    }
+    if (f->off >= f->len)
+        return 0;
+    *d = f->data + f->off;
+    *n = f->len - f->off < f->piece ? f->len - f->off : f->piece;
+    f->off += *n;
+    return 1;
+}
+
+typedef struct collect {
+    char *buf;
+    size_t len, cap;
+    size_t chunks;
+    int partial_rows; /* a chunk did not end at a row boundary */
+    long fail_at;     /* fail on this chunk number (-1 never) */
+} collect;
+
+static int collect_chunk(void *arg, const char *d, size_t n)
+{
+    collect *c = arg;
+    if (c->fail_at >= 0 && (long)c->chunks == c->fail_at)
+        return 3;
+    if (c->len + n > c->cap) {
+        c->cap = (c->len + n) * 2;
+        c->buf = realloc(c->buf, c->cap);
+    }
+    memcpy(c->buf + c->len, d, n);
+    c->len += n;
+    c->chunks++;
+    if (n == 0 || d[n - 1] != '\n')
+        c->partial_rows = 1;
+    return 0;
+}
+
+/* Text rows of varying length, some longer than a 4 KiB slot. */
+static char *make_rows(size_t nrows, size_t *len)
+{
+    size_t cap = nrows * 64 + 3 * 20000, n = 0;
+    char *p = malloc(cap);
+    for (size_t i = 0; i < nrows; i++) {
+        size_t pad = i % 1000 == 7 ? 9000 : i % 50;
+        n += (size_t)sprintf(p + n, "%zu\t", i);
+        memset(p + n, 'a' + (int)(i % 26), pad);
+        n += pad;
+        p[n++] = '\n';
+    }
+    *len = n;
+    return p;
+}
+
+static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_policy policy)
+{
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.ring_slots = 8;
+    o.chunk_bytes = 4096;
+    o.policy = policy;
+    o.progress_ms = 20;
+    ck_assert_int_eq(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, feed_next, f),
+                     PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_OK);
+    for (size_t i = 0; i < nrecv; i++) {
+        pgfan_receiver *r;
+        size_t idx;
+        ck_assert_int_eq(pgfan_receiver_new_call(&r, collect_chunk, &c[i]), PGFAN_OK);
+        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, &idx), PGFAN_OK);
+        ck_assert_uint_eq(idx, i);
+    }
+    return m;
+}
+
+START_TEST(iterator_to_call_receivers_delivers_every_byte_in_whole_rows)
+{
+    size_t len;
+    char *data = make_rows(20000, &len);
+    feed f = {.data = data, .len = len, .piece = 1000 + 37, .fail_after = -1};
+    collect c[3] = {{.fail_at = -1}, {.fail_at = -1}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 3, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    pgfan_progress pr;
+    ck_assert_int_eq(pgfan_manager_progress(m, &pr), PGFAN_OK);
+    ck_assert_uint_eq(pr.producer_rows, 20000);
+    ck_assert_uint_eq(pr.producer_bytes, len);
+    ck_assert_int_eq(pr.producer_done, 1);
+    for (size_t i = 0; i < 3; i++) {
+        pgfan_receiver_result rr;
+        ck_assert_int_eq(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(rr.rows, 20000);
+        ck_assert_uint_eq(rr.bytes, len);
+        ck_assert_int_eq(rr.has_fault, 0);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        ck_assert_int_eq(c[i].partial_rows, 0);
+        ck_assert_uint_gt(c[i].chunks, 100);
+        free(c[i].buf);
+    }
+    ck_assert_uint_eq(pgfan_manager_fault_count(m), 0);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(receiver_callback_failure_aborts_the_copy)
+{
+    size_t len;
+    char *data = make_rows(20000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = 5}};
+    pgfan_manager *m = make_manager(&f, c, 2, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_event ev;
+    int faults = 0;
+    do {
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        if (ev.type == PGFAN_EVENT_FAULT) {
+            faults++;
+            ck_assert_int_eq(ev.fault.receiver, 1);
+            ck_assert_int_eq(ev.fault.code, PGFAN_ECALLBACK);
+        }
+    } while (ev.type != PGFAN_EVENT_END);
+    ck_assert_int_eq(faults, 1);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_ERECEIVER);
+    for (size_t i = 0; i < 2; i++) {
+        pgfan_receiver_result rr;
+        pgfan_manager_receiver(m, i, &rr);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_FAILED);
+        free(c[i].buf);
+    }
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(drop_policy_completes_the_others)
+{
+    size_t len;
+    char *data = make_rows(5000, &len);
+    feed f = {.data = data, .len = len, .piece = 512, .fail_after = -1};
+    collect c[3] = {{.fail_at = -1}, {.fail_at = 2}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 3, PGFAN_POLICY_DROP);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    pgfan_receiver_result rr;
+    pgfan_manager_receiver(m, 1, &rr);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DROPPED);
+    ck_assert_int_eq(rr.has_fault, 1);
+    ck_assert_int_eq(rr.fault.code, PGFAN_ECALLBACK);
+    for (size_t i = 0; i < 3; i += 2) {
+        pgfan_manager_receiver(m, i, &rr);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+    }
+    for (size_t i = 0; i < 3; i++)
+        free(c[i].buf);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(all_receivers_gone_means_no_receivers)
+{
+    size_t len;
+    char *data = make_rows(5000, &len);
+    feed f = {.data = data, .len = len, .piece = 512, .fail_after = -1};
+    collect c[2] = {{.fail_at = 1}, {.fail_at = 3}};
+    pgfan_manager *m = make_manager(&f, c, 2, PGFAN_POLICY_DROP);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_ENORECEIVERS);
+    size_t n = pgfan_manager_fault_count(m);
+    pgfan_fault last;
+    ck_assert_int_eq(pgfan_manager_fault(m, n - 1, &last), PGFAN_OK);
+    ck_assert_int_eq(last.code, PGFAN_ENORECEIVERS);
+    ck_assert_ptr_nonnull(strstr(last.message, "no receivers"));
+    for (size_t i = 0; i < 2; i++)
+        free(c[i].buf);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(iterator_failure_is_a_producer_fault)
+{
+    size_t len;
+    char *data = make_rows(5000, &len);
+    feed f = {.data = data, .len = len, .piece = 512, .fail_after = 10};
+    collect c[1] = {{.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 1, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_EPRODUCER);
+    pgfan_fault first;
+    ck_assert_int_eq(pgfan_manager_fault(m, 0, &first), PGFAN_OK);
+    ck_assert_int_eq(first.receiver, PGFAN_PRODUCER_INDEX);
+    ck_assert_int_eq(first.code, PGFAN_ECALLBACK);
+    pgfan_receiver_result rr;
+    pgfan_manager_receiver(m, 0, &rr);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_FAILED);
+    free(c[0].buf);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(finishing_before_the_end_is_a_failed_copy)
+{
+    feed f = {.endless = 1, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 2, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_event ev;
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_EABORTED);
+    for (size_t i = 0; i < 2; i++) {
+        pgfan_receiver_result rr;
+        pgfan_manager_receiver(m, i, &rr);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_FAILED);
+        free(c[i].buf);
+    }
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_EABORTED); /* idempotent */
+    pgfan_manager_free(m);
+}
+END_TEST
+
+START_TEST(malformed_binary_from_an_iterator_is_refused)
+{
+    const char junk[] = "this is not binary COPY data";
+    feed f = {.data = junk, .len = sizeof junk, .piece = 8, .fail_after = -1};
+    collect c = {.fail_at = -1};
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_receiver *r;
+    ck_assert_int_eq(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_BINARY, feed_next, &f),
+                     PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_int_eq(pgfan_receiver_new_call(&r, collect_chunk, &c), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_EPRODUCER);
+    pgfan_fault first;
+    pgfan_manager_fault(m, 0, &first);
+    ck_assert_int_eq(first.code, PGFAN_EDATA);
+    ck_assert_ptr_nonnull(strstr(first.message, "signature"));
+    ck_assert_uint_eq(c.len, 0);
+    free(c.buf);
+    pgfan_manager_free(m);
+}
+END_TEST
+
+START_TEST(abort_from_the_caller_thread)
+{
+    feed f = {.endless = 1, .fail_after = -1};
+    collect c[3] = {{.fail_at = -1}, {.fail_at = -1}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 3, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_event ev;
+    ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_abort(m, "test abort"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_EABORTED);
+    ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_ESTATE);
+    for (size_t i = 0; i < 3; i++)
+        free(c[i].buf);
+    pgfan_manager_free(m);
+}
+END_TEST
+
+Suite *api_suite(void)
+{
+    Suite *s = suite_create("api");
+    TCase *tc = tcase_create("basics");
+    tcase_add_test(tc, version_macros_match_the_library);
+    tcase_add_test(tc, every_status_code_has_a_description);
+    tcase_add_test(tc, null_arguments_are_refused);
+    tcase_add_test(tc, bad_options_are_refused_and_ownership_stays);
+    suite_add_tcase(s, tc);
+    TCase *copies = tcase_create("copies without a server");
+    tcase_set_timeout(copies, 120);
+    tcase_add_test(copies, iterator_to_call_receivers_delivers_every_byte_in_whole_rows);
+    tcase_add_test(copies, receiver_callback_failure_aborts_the_copy);
+    tcase_add_test(copies, drop_policy_completes_the_others);
+    tcase_add_test(copies, all_receivers_gone_means_no_receivers);
+    tcase_add_test(copies, iterator_failure_is_a_producer_fault);
+    tcase_add_test(copies, finishing_before_the_end_is_a_failed_copy);
+    tcase_add_test(copies, malformed_binary_from_an_iterator_is_refused);
+    tcase_add_test(copies, abort_from_the_caller_thread);
+    suite_add_tcase(s, copies);
+    return s;
+}

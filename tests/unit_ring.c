@@ -1,0 +1,280 @@
+/* The broadcast ring: semantics, wrap-around, gating, and a threaded stress
+ * test in which every reader checks every payload. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ring.h"
+#include "suites.h"
+
+#define NEAR_WRAP (UINT64_MAX - 5)
+
+static void put(fan_ring *r, uint64_t value)
+{
+    ck_assert_int_eq(fan_ring_wait_space(r, 0), 1);
+    fan_slot *s = fan_ring_claim(r);
+    memcpy(s->data, &value, sizeof value);
+    s->len = sizeof value;
+    s->rows = 1;
+    fan_ring_publish(r);
+}
+
+static uint64_t get(fan_ring *r, uint64_t seq)
+{
+    uint64_t v;
+    memcpy(&v, fan_ring_slot(r, seq)->data, sizeof v);
+    return v;
+}
+
+START_TEST(publish_then_read_in_order)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 4, 64, 1, 0), 0);
+    ck_assert_uint_eq(fan_ring_head(&r), 0);
+    put(&r, 11);
+    put(&r, 22);
+    ck_assert_uint_eq(fan_ring_head(&r), 2);
+    ck_assert_uint_eq(get(&r, 0), 11);
+    ck_assert_uint_eq(get(&r, 1), 22);
+    ck_assert_int_eq(fan_ring_wait_data(&r, 0, 0, NULL, 0, 0), 1);
+    fan_ring_release(&r, 0, 2);
+    ck_assert_int_eq(fan_ring_wait_data(&r, 0, 2, NULL, 0, 0), 0); /* nothing new */
+    fan_ring_close(&r, FAN_RING_ENDED);
+    ck_assert_int_eq(fan_ring_wait_data(&r, 0, 2, NULL, 0, 0), 1);
+    ck_assert_int_eq(fan_ring_state(&r), FAN_RING_ENDED);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(rejects_bad_geometry)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 3, 64, 1, 0), -1);
+    ck_assert_int_eq(fan_ring_init(&r, 1, 64, 1, 0), -1);
+    ck_assert_int_eq(fan_ring_init(&r, 4, 0, 1, 0), -1);
+}
+END_TEST
+
+START_TEST(wraps_around_2_to_64)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 4, 64, 1, NEAR_WRAP), 0);
+    uint64_t cursor = NEAR_WRAP;
+    for (uint64_t i = 0; i < 20; i++) {
+        put(&r, i);
+        ck_assert_uint_eq(fan_ring_head(&r), NEAR_WRAP + i + 1);
+        ck_assert_uint_eq(get(&r, cursor), i);
+        cursor++;
+        fan_ring_release(&r, 0, cursor);
+    }
+    ck_assert_uint_lt(fan_ring_head(&r), 20); /* the counter wrapped */
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(writer_never_overwrites_unread_slot)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 4, 64, 2, NEAR_WRAP), 0);
+    for (uint64_t i = 0; i < 4; i++)
+        put(&r, 100 + i);
+    /* Reader 1 is done with everything, reader 0 with nothing. */
+    fan_ring_release(&r, 1, NEAR_WRAP + 4);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 20), 0);
+    ck_assert_uint_eq(get(&r, NEAR_WRAP), 100);
+    /* Reader 0 finishes one slot: exactly one more may be written. */
+    fan_ring_release(&r, 0, NEAR_WRAP + 1);
+    put(&r, 104);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 20), 0);
+    ck_assert_uint_eq(get(&r, NEAR_WRAP + 1), 101);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(leaving_the_gating_set_unblocks_the_writer)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 2, 64, 2, 0), 0);
+    put(&r, 1);
+    put(&r, 2);
+    fan_ring_release(&r, 1, 2);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 10), 0);
+    fan_ring_leave(&r, 0);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 10), 1);
+    put(&r, 3);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(join_resumes_only_while_data_is_intact)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 4, 64, 2, 0), 0);
+    fan_ring_leave(&r, 0);
+    put(&r, 1);
+    put(&r, 2);
+    fan_ring_release(&r, 1, 2);
+    /* head 2, cursor 0: slots 0 and 1 are intact, join succeeds and gates. */
+    ck_assert_int_eq(fan_ring_join(&r, 0), 0);
+    ck_assert_int_eq(fan_ring_is_gating(&r, 0), 1);
+    put(&r, 3);
+    put(&r, 4);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 10), 0); /* reader 0 holds slot 0 */
+    fan_ring_leave(&r, 0);
+    for (int i = 0; i < 2; i++)
+        put(&r, 5 + (uint64_t)i);
+    fan_ring_release(&r, 1, 6);
+    /* head 6, cursor 0: slots 0 and 1 were overwritten, join is refused. */
+    ck_assert_int_eq(fan_ring_join(&r, 0), -1);
+    ck_assert_int_eq(fan_ring_is_gating(&r, 0), 0);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(grown_slot_returns_to_chunk_size)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 2, 64, 1, 0), 0);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 0), 1);
+    fan_slot *s = fan_ring_claim(&r);
+    ck_assert_int_eq(fan_ring_reserve(&r, s, 1000), 0);
+    ck_assert_uint_ge(s->cap, 1000);
+    memset(s->data, 'x', 1000);
+    s->len = 1000;
+    fan_ring_publish(&r);
+    fan_ring_release(&r, 0, 1);
+    put(&r, 7);
+    fan_ring_release(&r, 0, 2);
+    ck_assert_int_eq(fan_ring_wait_space(&r, 0), 1);
+    s = fan_ring_claim(&r);
+    ck_assert_uint_eq(s->cap, 64);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+START_TEST(stop_wakes_a_sleeping_writer)
+{
+    fan_ring r;
+    ck_assert_int_eq(fan_ring_init(&r, 2, 64, 1, 0), 0);
+    put(&r, 1);
+    put(&r, 2);
+    fan_ring_stop(&r);
+    ck_assert_int_eq(fan_ring_wait_space(&r, -1), 0); /* returns instead of blocking */
+    ck_assert_int_eq(fan_ring_wait_data(&r, 0, 2, NULL, 0, -1), 1);
+    fan_ring_destroy(&r);
+}
+END_TEST
+
+/* ---- threaded stress ---- */
+
+#define STRESS_SLOTS       1000000ULL
+#define STRESS_MAX_READERS 4
+
+typedef struct stress {
+    fan_ring ring;
+    uint64_t first;
+    uint64_t count;
+    uint64_t bad[STRESS_MAX_READERS];
+    uint64_t seen[STRESS_MAX_READERS];
+} stress;
+
+typedef struct reader_arg {
+    stress *st;
+    size_t id;
+} reader_arg;
+
+/* Payload of slot `seq`: the sequence number, a variable-length body and a
+ * checksum over both, so torn or stale slots are caught. */
+static size_t fill_payload(char *p, uint64_t seq)
+{
+    size_t body = 8 + (size_t)(seq % 97);
+    uint64_t sum = seq * 0x9E3779B97F4A7C15ULL;
+    memcpy(p, &seq, 8);
+    for (size_t i = 0; i < body; i++) {
+        p[8 + i] = (char)(seq >> (i % 8) ^ i);
+        sum = sum * 31 + (unsigned char)p[8 + i];
+    }
+    memcpy(p + 8 + body, &sum, 8);
+    return 16 + body;
+}
+
+static int payload_ok(const fan_slot *s, uint64_t seq)
+{
+    char want[16 + 8 + 97];
+    size_t n = fill_payload(want, seq);
+    return s->len == n && memcmp(s->data, want, n) == 0;
+}
+
+static void *stress_reader(void *arg)
+{
+    reader_arg *a = arg;
+    stress *st = a->st;
+    uint64_t cursor = st->first, end = st->first + st->count;
+    while (cursor != end) {
+        if (!fan_ring_wait_data(&st->ring, a->id, cursor, NULL, 0, -1))
+            continue;
+        uint64_t head = fan_ring_head(&st->ring);
+        for (; cursor != head; cursor++) {
+            st->bad[a->id] += !payload_ok(fan_ring_slot(&st->ring, cursor), cursor);
+            st->seen[a->id]++;
+        }
+        fan_ring_release(&st->ring, a->id, cursor);
+    }
+    return NULL;
+}
+
+static void run_stress(size_t nreaders, uint64_t nslots, uint64_t first)
+{
+    stress st = {.first = first, .count = STRESS_SLOTS};
+    pthread_t t[STRESS_MAX_READERS];
+    reader_arg args[STRESS_MAX_READERS];
+    ck_assert_int_eq(fan_ring_init(&st.ring, nslots, 256, nreaders, first), 0);
+    for (size_t i = 0; i < nreaders; i++) {
+        args[i] = (reader_arg){&st, i};
+        ck_assert_int_eq(pthread_create(&t[i], NULL, stress_reader, &args[i]), 0);
+    }
+    for (uint64_t seq = first; seq != first + st.count; seq++) {
+        while (!fan_ring_wait_space(&st.ring, -1))
+            ;
+        fan_slot *s = fan_ring_claim(&st.ring);
+        s->len = fill_payload(s->data, seq);
+        fan_ring_publish(&st.ring);
+    }
+    fan_ring_close(&st.ring, FAN_RING_ENDED);
+    for (size_t i = 0; i < nreaders; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_uint_eq(st.seen[i], STRESS_SLOTS);
+        ck_assert_uint_eq(st.bad[i], 0);
+    }
+    fan_ring_destroy(&st.ring);
+}
+
+START_TEST(stress_every_reader_checks_every_payload)
+{
+    static const size_t readers[] = {1, 2, 4};
+    /* A small ring makes the writer and readers sleep and wake constantly;
+     * starting near 2^64 makes the run cross the wrap-around. */
+    run_stress(readers[_i], 8, UINT64_MAX - STRESS_SLOTS / 2);
+}
+END_TEST
+
+Suite *ring_suite(void)
+{
+    Suite *s = suite_create("ring");
+    TCase *tc = tcase_create("semantics");
+    tcase_add_test(tc, publish_then_read_in_order);
+    tcase_add_test(tc, rejects_bad_geometry);
+    tcase_add_test(tc, wraps_around_2_to_64);
+    tcase_add_test(tc, writer_never_overwrites_unread_slot);
+    tcase_add_test(tc, leaving_the_gating_set_unblocks_the_writer);
+    tcase_add_test(tc, join_resumes_only_while_data_is_intact);
+    tcase_add_test(tc, grown_slot_returns_to_chunk_size);
+    tcase_add_test(tc, stop_wakes_a_sleeping_writer);
+    suite_add_tcase(s, tc);
+    TCase *tc_stress = tcase_create("stress");
+    tcase_set_timeout(tc_stress, 600);
+    tcase_add_loop_test(tc_stress, stress_every_reader_checks_every_payload, 0, 3);
+    suite_add_tcase(s, tc_stress);
+    return s;
+}
