@@ -70,7 +70,8 @@ typedef enum pgfan_status {
     PGFAN_ESYSTEM = -15,      /* a system call failed (threads, file descriptors) */
     PGFAN_EPRODUCER = -16,    /* the producer faulted, so the copy failed */
     PGFAN_ERECEIVER = -17,    /* a receiver faulted, so the copy failed */
-    PGFAN_EBUSY = -18         /* the connection is busy with another command */
+    PGFAN_EBUSY = -18,        /* the connection is busy with another command */
+    PGFAN_EPARTIAL = -19      /* some targets committed and some did not (drop policy) */
 } pgfan_status;
 
 /* A static, human-readable description of a status code. */
@@ -123,8 +124,9 @@ typedef struct pgfan_manager pgfan_manager;
  * library's explanation.  `bytes` and `rows` are what that party had moved.
  */
 typedef struct pgfan_fault {
-    int receiver; /* receiver index, or PGFAN_PRODUCER_INDEX */
-    int code;     /* a pgfan_status */
+    int receiver;     /* receiver index, or PGFAN_PRODUCER_INDEX */
+    int code;         /* a pgfan_status */
+    int reconcilable; /* the receiver can resume: pgfan_manager_reconcile() */
     char sqlstate[6];
     char message[PGFAN_MESSAGE_MAX];
     uint64_t bytes;
@@ -142,6 +144,10 @@ typedef struct pgfan_options {
     unsigned int fault_hold_ms;    /* how long a faulted receiver is held; default 5000 */
     unsigned int stall_timeout_ms; /* 0 = wait for slow receivers forever (default) */
     unsigned int progress_ms;      /* pgfan_manager_next() tick; default 100 */
+    unsigned int realign_timeout_ms; /* how long a server may take to answer CopyFail
+                                        or a cancel before its connection is given up
+                                        (reported, left for the caller to close);
+                                        default 30000 */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */
@@ -268,6 +274,30 @@ PGFAN_EXTERN int pgfan_manager_finish(pgfan_manager *manager);
  */
 PGFAN_EXTERN int pgfan_manager_abort(pgfan_manager *manager, const char *reason);
 
+/*
+ * Resumes a faulted or stall-paused receiver from its own cursor: nothing is
+ * lost and nothing sent twice.  Only faults marked `reconcilable` can be
+ * reconciled, within fault_hold_ms.  Returns PGFAN_EGONE (and the receiver
+ * stays out) when slots it has not read were already overwritten, and
+ * PGFAN_ESTATE when the receiver is not waiting to be reconciled.
+ */
+PGFAN_EXTERN int pgfan_manager_reconcile(pgfan_manager *manager, size_t index);
+
+/*
+ * Drops a receiver: CopyFail, rolled back, out of the gating set.  With
+ * PGFAN_POLICY_ABORT this fails the copy.
+ */
+PGFAN_EXTERN int pgfan_manager_drop(pgfan_manager *manager, size_t index);
+
+/*
+ * Takes an active receiver out of the gating set until pgfan_manager_resume();
+ * the others go on.  Resuming fails with PGFAN_EGONE when its data has left
+ * the ring meanwhile.  pgfan_manager_finish() resumes paused receivers (or
+ * drops them when too late).
+ */
+PGFAN_EXTERN int pgfan_manager_pause(pgfan_manager *manager, size_t index);
+PGFAN_EXTERN int pgfan_manager_resume(pgfan_manager *manager, size_t index);
+
 /* start + next until the end + finish. */
 PGFAN_EXTERN int pgfan_manager_run(pgfan_manager *manager);
 
@@ -334,7 +364,9 @@ typedef struct pgfan_transfer_result {
  * in its own transaction (BEGIN ... COMMIT, or ROLLBACK when its COPY
  * failed); a target already in a transaction block is left to the caller.
  * With PGFAN_POLICY_ABORT (the default) no target commits unless every one
- * succeeded.  `opts` may be NULL; `result` may be NULL; `target_results`,
+ * succeeded; with PGFAN_POLICY_DROP the targets that succeeded commit and
+ * PGFAN_EPARTIAL says that some did not.  Faults are never held here (no
+ * one could reconcile them): fault_hold_ms is taken as 0.  `opts` may be NULL; `result` may be NULL; `target_results`,
  * when not NULL, receives one entry per target.
  */
 PGFAN_EXTERN int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,

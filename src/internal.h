@@ -23,7 +23,9 @@ enum fan_command {
     FAN_CMD_COMMIT,   /* the producer reached its end: send CopyDone */
     FAN_CMD_ABORT,    /* failed copy: send CopyFail */
     FAN_CMD_DROP,     /* drop this receiver: CopyFail, leave the gating set */
-    FAN_CMD_RECONCILE /* resume from the cursor after a fault */
+    FAN_CMD_PAUSE,    /* leave the gating set and wait (the caller asked) */
+    FAN_CMD_STALL,    /* leave the gating set and report a stall fault */
+    FAN_CMD_RESUME    /* resume from the cursor (the manager re-joined it) */
 };
 
 struct pgfan_producer {
@@ -37,6 +39,7 @@ struct pgfan_producer {
     struct pgfan_manager *manager;
 
     int in_copy;            /* COPY OUT running on conn */
+    int gave_up;            /* realignment timed out: conn left in COPY OUT */
     fan_rowscan scan;       /* iterator: counts rows, finds row boundaries */
     _Atomic uint64_t bytes; /* progress counters, relaxed */
     _Atomic uint64_t rows;
@@ -72,6 +75,13 @@ struct pgfan_receiver {
     int has_fault; /* under manager->lock */
     pgfan_fault fault;
     unsigned long notices; /* notices seen during the copy */
+    struct timespec deadline; /* realignment must be done by then */
+    int has_deadline;
+    /* Manager-thread bookkeeping. */
+    struct timespec stalled_since;
+    int stalling;
+    struct timespec hold_until;
+    int holding;
     PQnoticeReceiver saved_notice;
     pthread_t thread;
     int thread_started;
@@ -136,6 +146,9 @@ void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res,
 void fan_fault_from_conn(pgfan_fault *f, int who, PGconn *conn, const char *label);
 /* "host:port/dbname" of a connection, never its password. */
 void fan_conn_label(PGconn *conn, char *buf, size_t len);
+/* Milliseconds from now to `t` (negative when passed). */
+long fan_ms_until(const struct timespec *t);
+void fan_deadline(struct timespec *t, unsigned int ms);
 /* Reads results until NULL; keeps the first error in `f` (may be NULL). */
 int fan_drain_results(PGconn *conn, pgfan_fault *f, int who, const char *label);
 /* Checks that conn can run a statement now. */

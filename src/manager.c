@@ -244,21 +244,82 @@ static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
         fan_ring_stop(&m->ring);
 }
 
-static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
+/* What an unresolved receiver fault does: drop it, or fail the copy. */
+static void settle_receiver_fault(pgfan_manager *m, pgfan_receiver *r)
 {
     char reason[PGFAN_MESSAGE_MAX];
-    if (f->receiver == PGFAN_PRODUCER_INDEX) {
-        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
-        return;
-    }
+    r->holding = 0;
     if (atomic_load(&m->verdict) != FAN_VERDICT_NONE)
         return;
     if (m->opts.policy == PGFAN_POLICY_DROP) {
-        fan_receiver_command(m->receivers[f->receiver], FAN_CMD_DROP);
+        fan_receiver_command(r, FAN_CMD_DROP);
         return;
     }
-    snprintf(reason, sizeof reason, "pgfan: target %d failed", f->receiver);
+    snprintf(reason, sizeof reason, "pgfan: target %zu (%s) failed", r->index, r->label);
     give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ERECEIVER, reason);
+}
+
+/* A fault the receiver can resume from is held for fault_hold_ms, waiting
+ * for pgfan_manager_reconcile(); any other fault is settled at once. */
+static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
+{
+    if (f->receiver == PGFAN_PRODUCER_INDEX) {
+        if (f->code != PGFAN_ENORECEIVERS)
+            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
+        return;
+    }
+    pgfan_receiver *r = m->receivers[f->receiver];
+    if (is_final(atomic_load(&r->state)))
+        return; /* a fault while ending: recorded, nothing to decide */
+    if (f->reconcilable && m->opts.fault_hold_ms > 0) {
+        fan_deadline(&r->hold_until, m->opts.fault_hold_ms);
+        r->holding = 1;
+        return;
+    }
+    settle_receiver_fault(m, r);
+}
+
+/* Drops, or fails the copy for, faulted receivers whose hold expired. */
+static void expire_holds(pgfan_manager *m)
+{
+    for (size_t i = 0; i < m->nreceivers; i++) {
+        pgfan_receiver *r = m->receivers[i];
+        if (r->holding && fan_ms_until(&r->hold_until) <= 0)
+            settle_receiver_fault(m, r);
+    }
+}
+
+/*
+ * A receiver that is the slowest of the gating set while the ring is full
+ * holds the producer back; after stall_timeout_ms it is asked to step out
+ * of the gating set (it reports the stall fault itself, at a point where
+ * it holds no slot).
+ */
+static void detect_stalls(pgfan_manager *m)
+{
+    if (m->opts.stall_timeout_ms == 0 || atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+        return;
+    fan_ring *ring = &m->ring;
+    uint64_t head = fan_ring_head(ring);
+    for (size_t i = 0; i < m->nreceivers; i++) {
+        pgfan_receiver *r = m->receivers[i];
+        int blocking = fan_ring_is_gating(ring, i) &&
+                       atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
+                       atomic_load(&r->command) == FAN_CMD_NONE &&
+                       head - fan_ring_cursor(ring, i) >= ring->nslots;
+        if (!blocking) {
+            r->stalling = 0;
+            continue;
+        }
+        if (!r->stalling) {
+            r->stalling = 1;
+            fan_now(&r->stalled_since);
+        } else if (fan_seconds_since(&r->stalled_since) * 1000.0 >=
+                   m->opts.stall_timeout_ms) {
+            r->stalling = 0;
+            fan_receiver_command(r, FAN_CMD_STALL);
+        }
+    }
 }
 
 /* Returns 1 and the next unreported fault, if any. */
@@ -337,6 +398,8 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
             ev->type = PGFAN_EVENT_FAULT;
             return PGFAN_OK;
         }
+        expire_holds(m);
+        detect_stalls(m);
         evaluate(m);
         if (all_exited(m)) {
             ev->type = PGFAN_EVENT_END;
@@ -348,7 +411,103 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
             ev->type = PGFAN_EVENT_PROGRESS;
             return PGFAN_OK;
         }
+        /* Wake often enough to notice stalls and expired holds in time. */
+        if (m->opts.stall_timeout_ms > 0 && left_ms > m->opts.stall_timeout_ms / 4.0 + 1)
+            left_ms = m->opts.stall_timeout_ms / 4.0 + 1;
         fan_waiter_sleep(&m->wake, NULL, 0, (int)left_ms + 1);
+    }
+}
+
+/* ---- steering receivers ---- */
+
+static pgfan_receiver *steerable(pgfan_manager *m, size_t index)
+{
+    if (!m || index >= m->nreceivers || m->phase != FAN_PHASE_STARTED ||
+        atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+        return NULL;
+    pgfan_receiver *r = m->receivers[index];
+    int cmd = atomic_load(&r->command);
+    if (cmd == FAN_CMD_DROP || is_final(atomic_load(&r->state)))
+        return NULL;
+    return r;
+}
+
+/* Puts a receiver that stepped out back in the gating set.  Safe from this
+ * thread: a PAUSED receiver holds no slot and waits for our command. */
+static int rejoin(pgfan_manager *m, pgfan_receiver *r)
+{
+    if (!fan_ring_is_gating(&m->ring, r->index) && fan_ring_join(&m->ring, r->index) != 0)
+        return PGFAN_EGONE;
+    r->holding = 0;
+    fan_receiver_command(r, FAN_CMD_RESUME);
+    return PGFAN_OK;
+}
+
+int pgfan_manager_reconcile(pgfan_manager *m, size_t index)
+{
+    pgfan_receiver *r = steerable(m, index);
+    if (!r)
+        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+    int state = atomic_load(&r->state);
+    pthread_mutex_lock(&m->lock);
+    int reconcilable = r->has_fault && r->fault.reconcilable;
+    pthread_mutex_unlock(&m->lock);
+    if (!r->holding || !reconcilable ||
+        (state != PGFAN_RECEIVER_FAULTED && state != PGFAN_RECEIVER_PAUSED))
+        return PGFAN_ESTATE;
+    return rejoin(m, r);
+}
+
+int pgfan_manager_drop(pgfan_manager *m, size_t index)
+{
+    pgfan_receiver *r = steerable(m, index);
+    if (!r)
+        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+    r->holding = 0;
+    if (m->opts.policy == PGFAN_POLICY_ABORT) {
+        settle_receiver_fault(m, r);
+        return PGFAN_OK;
+    }
+    fan_receiver_command(r, FAN_CMD_DROP);
+    return PGFAN_OK;
+}
+
+int pgfan_manager_pause(pgfan_manager *m, size_t index)
+{
+    pgfan_receiver *r = steerable(m, index);
+    if (!r || atomic_load(&r->state) != PGFAN_RECEIVER_ACTIVE ||
+        atomic_load(&r->command) != FAN_CMD_NONE)
+        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+    fan_receiver_command(r, FAN_CMD_PAUSE);
+    return PGFAN_OK;
+}
+
+int pgfan_manager_resume(pgfan_manager *m, size_t index)
+{
+    pgfan_receiver *r = steerable(m, index);
+    if (!r || atomic_load(&r->command) != FAN_CMD_PAUSE)
+        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+    /* Not stepped out yet: it is still gating, so resuming cannot fail. */
+    while (atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE && fan_ring_is_gating(&m->ring, index))
+        fan_waiter_sleep(&m->wake, NULL, 0, 1);
+    return rejoin(m, r);
+}
+
+/* Receivers the caller paused and never resumed: resume them, or drop
+ * them when their data has left the ring. */
+static void resume_paused(pgfan_manager *m)
+{
+    for (size_t i = 0; i < m->nreceivers; i++) {
+        pgfan_receiver *r = m->receivers[i];
+        if (atomic_load(&r->command) != FAN_CMD_PAUSE)
+            continue;
+        if (pgfan_manager_resume(m, i) == PGFAN_EGONE) {
+            pgfan_fault f;
+            fan_fault_set(&f, (int)i, PGFAN_EGONE,
+                          "%s: paused until its data left the ring; dropped", r->label);
+            fan_manager_post_fault(m, &f);
+            fan_receiver_command(r, FAN_CMD_DROP);
+        }
     }
 }
 
@@ -390,6 +549,7 @@ int pgfan_manager_finish(pgfan_manager *m)
         fan_ring_state(&m->ring) != FAN_RING_ENDED)
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED,
                      "pgfan: the copy was finished before the source reached its end");
+    resume_paused(m);
     run_to_end(m);
     join_threads(m);
     m->failure = outcome(m);

@@ -105,10 +105,54 @@ int fan_producer_begin(pgfan_producer *p, pgfan_fault *f)
     return rc;
 }
 
+/* Waits for the source socket until `deadline`.  Returns 0, or -1 when
+ * the deadline passed. */
+static int wait_readable_until(PGconn *conn, const struct timespec *deadline)
+{
+    long left = fan_ms_until(deadline);
+    if (left <= 0)
+        return -1;
+    struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+    poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
+    return 0;
+}
+
+/* Reads the cancelled COPY OUT to its end and its results, within the
+ * deadline.  Returns 0, or -1 when the server did not finish in time. */
+static int drain_until(PGconn *conn, const struct timespec *deadline)
+{
+    char *buf;
+    int n;
+    while ((n = PQgetCopyData(conn, &buf, 1)) != -1) {
+        if (n > 0) {
+            PQfreemem(buf);
+            continue;
+        }
+        if (n == -2 || !PQconsumeInput(conn))
+            return 0; /* broken: nothing left to wait for */
+        if (PQgetCopyData(conn, &buf, 1) == 0 && wait_readable_until(conn, deadline) != 0)
+            return -1;
+    }
+    for (;;) {
+        while (PQisBusy(conn)) {
+            if (wait_readable_until(conn, deadline) != 0)
+                return -1;
+            if (!PQconsumeInput(conn))
+                return 0;
+        }
+        PGresult *res = PQgetResult(conn);
+        if (!res)
+            return 0;
+        PQclear(res); /* 57014 or COMMAND_OK: both fine */
+    }
+}
+
 /*
  * Brings the source connection out of COPY OUT: the frontend cannot end a
  * COPY TO except by cancelling it, then reading everything up to the end.
  * Both 57014 (cancelled) and COMMAND_OK (the cancel came too late) are fine.
+ * A server that does not finish within realign_timeout_ms is reported and
+ * its connection left to the caller.
  */
 void fan_producer_realign(pgfan_producer *p)
 {
@@ -123,12 +167,17 @@ void fan_producer_realign(pgfan_producer *p)
         PQcancel(cancel, errbuf, sizeof errbuf);
         PQfreeCancel(cancel);
     }
-    PQsetnonblocking(p->conn, 0);
-    char *buf;
-    int n;
-    while ((n = PQgetCopyData(p->conn, &buf, 0)) > 0)
-        PQfreemem(buf);
-    fan_drain_results(p->conn, NULL, PGFAN_PRODUCER_INDEX, PRODUCER_LABEL);
+    struct timespec deadline;
+    fan_deadline(&deadline, p->manager->opts.realign_timeout_ms);
+    if (drain_until(p->conn, &deadline) != 0) {
+        pgfan_fault f;
+        fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ECONN,
+                      "%s: the server did not end the cancelled COPY within %u ms; the "
+                      "connection is still in COPY mode and should be closed",
+                      PRODUCER_LABEL, p->manager->opts.realign_timeout_ms);
+        fan_manager_post_fault(p->manager, &f);
+        p->gave_up = 1;
+    }
 }
 
 /* ---- the producer thread ---- */

@@ -185,20 +185,36 @@ static enum fan_command command_of(pgfan_receiver *r)
     return (enum fan_command)atomic_load(&r->command);
 }
 
+static int is_final_state(int s)
+{
+    return s == PGFAN_RECEIVER_DONE || s == PGFAN_RECEIVER_FAILED ||
+           s == PGFAN_RECEIVER_DROPPED;
+}
+
 static void set_state(pgfan_receiver *r, pgfan_receiver_state s)
 {
-    if (s == PGFAN_RECEIVER_DONE || s == PGFAN_RECEIVER_FAILED ||
-        s == PGFAN_RECEIVER_DROPPED)
+    if (is_final_state(s))
         fan_now(&r->ended_at); /* published by the seq_cst store below */
     atomic_store(&r->state, (int)s);
 }
 
-static void raise_fault(pgfan_receiver *r, pgfan_fault *f)
+static int state_of(pgfan_receiver *r)
+{
+    return atomic_load(&r->state);
+}
+
+/* Reports a fault; the receiver waits in `state` for the manager. */
+static void raise_fault_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state)
 {
     f->bytes = atomic_load_explicit(&r->bytes, memory_order_relaxed);
     f->rows = atomic_load_explicit(&r->rows, memory_order_relaxed);
-    set_state(r, PGFAN_RECEIVER_FAULTED);
+    set_state(r, state);
     fan_manager_post_fault(r->manager, f);
+}
+
+static void raise_fault(pgfan_receiver *r, pgfan_fault *f)
+{
+    raise_fault_in(r, f, PGFAN_RECEIVER_FAULTED);
 }
 
 static void conn_fault(pgfan_receiver *r)
@@ -257,14 +273,30 @@ static void remove_notice_counter(pgfan_receiver *r)
 }
 
 /* Sleeps on the waiter and, for statement receivers, the socket. */
-static int sleep_on(pgfan_receiver *r, short events, int timeout_ms, short *revents)
+static void sleep_on(pgfan_receiver *r, short events, int timeout_ms, short *revents)
 {
     struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn) : -1,
                          .events = events};
-    int n = r->kind == FAN_RECEIVER_STATEMENT ? 1 : 0;
-    int rc = fan_waiter_sleep(&ring_of(r)->readers[r->index].waiter, &pfd, n, timeout_ms);
+    int n = r->kind == FAN_RECEIVER_STATEMENT && events ? 1 : 0;
+    if (r->has_deadline) {
+        long left = fan_ms_until(&r->deadline);
+        timeout_ms = left < 0 ? 0 : (timeout_ms < 0 || left < timeout_ms ? (int)left : timeout_ms);
+    }
+    fan_waiter_sleep(&ring_of(r)->readers[r->index].waiter, &pfd, n, timeout_ms);
     *revents = n ? pfd.revents : 0;
-    return rc;
+}
+
+static int past_deadline(pgfan_receiver *r)
+{
+    return r->has_deadline && fan_ms_until(&r->deadline) <= 0;
+}
+
+static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
+{
+    fan_fault_set(f, (int)r->index, PGFAN_ECONN,
+                  "%s: the server did not answer within %u ms; the connection is still in "
+                  "COPY mode and should be closed",
+                  r->label, r->manager->opts.realign_timeout_ms);
 }
 
 /*
@@ -315,9 +347,24 @@ static int check_input(pgfan_receiver *r)
     }
 }
 
+/* A zero-timeout look at the socket: libpq may swallow write errors, so a
+ * closed connection shows only as readable. */
+static int socket_readable(pgfan_receiver *r)
+{
+    struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR));
+}
+
+static int interrupting(enum fan_command cmd)
+{
+    return cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP || cmd == FAN_CMD_PAUSE ||
+           cmd == FAN_CMD_STALL;
+}
+
 /*
  * Flushes libpq's output buffer.  Returns 0 when flushed, 1 when a command
- * interrupted it, -1 after a fault.
+ * interrupted it (only if `interruptible`), -1 after a fault or when the
+ * realignment deadline passed.
  */
 static int flush_all(pgfan_receiver *r, int interruptible)
 {
@@ -329,9 +376,10 @@ static int flush_all(pgfan_receiver *r, int interruptible)
             conn_fault(r);
             return -1;
         }
-        enum fan_command cmd = command_of(r);
-        if (interruptible && (cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP))
+        if (interruptible && interrupting(command_of(r)))
             return 1;
+        if (past_deadline(r))
+            return -1;
         short revents;
         sleep_on(r, POLLIN | POLLOUT, -1, &revents);
         if ((revents & (POLLIN | POLLHUP | POLLERR)) && check_input(r) != 0)
@@ -349,6 +397,7 @@ static int deliver(pgfan_receiver *r, const fan_slot *s)
             pgfan_fault f;
             fan_fault_set(&f, (int)r->index, PGFAN_ECALLBACK,
                           "%s: the receiver callback failed (%d)", r->label, rc);
+            f.reconcilable = 1; /* the slot is still ours: it can be retried */
             raise_fault(r, &f);
             return -1;
         }
@@ -374,16 +423,18 @@ static void add_progress(pgfan_receiver *r, const fan_slot *s)
     atomic_fetch_add_explicit(&r->rows, s->rows, memory_order_relaxed);
 }
 
-/* Waits for the server's answer to CopyDone/CopyFail without blocking
- * where nobody can wake us.  Returns the first error in `f`, if any. */
+/* Waits for the server's answer to CopyDone/CopyFail, never past the
+ * deadline.  Keeps the first error in `f`. */
 static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
 {
     int failed = 0;
     for (;;) {
-        while (PQisBusy(r->conn)) {
+        while (PQisBusy(r->conn) && PQstatus(r->conn) != CONNECTION_BAD) {
             short revents;
-            if (PQstatus(r->conn) == CONNECTION_BAD)
-                break;
+            if (past_deadline(r)) {
+                timeout_fault(r, f);
+                return -1;
+            }
             sleep_on(r, POLLIN, -1, &revents);
             if (!PQconsumeInput(r->conn))
                 break;
@@ -407,24 +458,29 @@ static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
     }
 }
 
+/* Sends CopyDone (errormsg NULL) or CopyFail and reads the results, within
+ * realign_timeout_ms.  The connection ends idle unless that time passed. */
 static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok)
 {
     *got_ok = 0;
+    r->in_copy = 0;
     if (PQstatus(r->conn) == CONNECTION_BAD) {
         fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
-        r->in_copy = 0;
         return -1;
     }
+    fan_deadline(&r->deadline, r->manager->opts.realign_timeout_ms);
+    r->has_deadline = 1;
     int rc;
     while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
         if (flush_all(r, 0) < 0)
             break;
-    if (rc < 0 || flush_all(r, 0) < 0) {
-        fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
-        r->in_copy = 0;
+    if (rc <= 0 || flush_all(r, 0) < 0) {
+        if (past_deadline(r))
+            timeout_fault(r, f);
+        else
+            fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
         return -1;
     }
-    r->in_copy = 0;
     return collect_results(r, f, got_ok);
 }
 
@@ -437,12 +493,8 @@ static void complete(pgfan_receiver *r)
         set_state(r, PGFAN_RECEIVER_DONE);
         return;
     }
-    if (flush_all(r, 0) != 0) {
-        set_state(r, PGFAN_RECEIVER_FAILED); /* the fault is raised */
-        return;
-    }
-    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER,
-                  "%s: the server did not confirm the COPY", r->label);
+    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER, "%s: the server did not confirm the COPY",
+                  r->label);
     if (end_copy(r, NULL, &f, &ok) != 0 || !ok) {
         raise_fault(r, &f);
         set_state(r, PGFAN_RECEIVER_FAILED);
@@ -452,9 +504,8 @@ static void complete(pgfan_receiver *r)
     atomic_store_explicit(&r->rows, r->server_rows, memory_order_relaxed);
     if (r->server_rows != want) {
         fan_fault_set(&f, (int)r->index, PGFAN_EROWCOUNT,
-                      "%s: the target stored %llu rows but the source sent %llu",
-                      r->label, (unsigned long long)r->server_rows,
-                      (unsigned long long)want);
+                      "%s: the target stored %llu rows but the source sent %llu", r->label,
+                      (unsigned long long)r->server_rows, (unsigned long long)want);
         raise_fault(r, &f);
         set_state(r, PGFAN_RECEIVER_FAILED);
         return;
@@ -473,53 +524,109 @@ static void fail_copy(pgfan_receiver *r, pgfan_receiver_state final)
         const char *reason = final == PGFAN_RECEIVER_DROPPED
                                  ? "pgfan: target dropped after a fault"
                                  : r->manager->reason;
-        end_copy(r, reason, &f, &ok);
+        if (end_copy(r, reason, &f, &ok) != 0 && past_deadline(r))
+            fan_manager_post_fault(r->manager, &f);
     }
     set_state(r, final);
+}
+
+/* Leaves the gating set at a point where no slot is held. */
+static void step_out(pgfan_receiver *r, enum fan_command why)
+{
+    fan_ring_leave(ring_of(r), r->index);
+    if (why == FAN_CMD_STALL) {
+        pgfan_fault f;
+        fan_fault_set(&f, (int)r->index, PGFAN_ESTALL,
+                      "%s: the target held the copy back longer than %u ms", r->label,
+                      r->manager->opts.stall_timeout_ms);
+        f.reconcilable = 1;
+        raise_fault_in(r, &f, PGFAN_RECEIVER_PAUSED);
+    } else {
+        set_state(r, PGFAN_RECEIVER_PAUSED);
+    }
+}
+
+/* While faulted or paused: keep sending what libpq holds, watch the socket,
+ * wait for a command. */
+static void idle(pgfan_receiver *r)
+{
+    short events = 0, revents;
+    if (r->kind == FAN_RECEIVER_STATEMENT && r->in_copy) {
+        events = POLLIN;
+        if (PQflush(r->conn) == 1)
+            events |= POLLOUT;
+    }
+    sleep_on(r, events, -1, &revents);
+    if (r->in_copy && (revents & (POLLIN | POLLHUP | POLLERR)) &&
+        state_of(r) == PGFAN_RECEIVER_PAUSED)
+        check_input(r);
+}
+
+/* Waits for the next slot, watching the socket for server errors. */
+static void wait_for_data(pgfan_receiver *r, uint64_t cursor)
+{
+    fan_ring *ring = ring_of(r);
+    struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT && r->in_copy
+                                   ? PQsocket(r->conn)
+                                   : -1,
+                         .events = POLLIN};
+    fan_ring_wait_data(ring, r->index, cursor, &pfd, pfd.fd >= 0 ? 1 : 0, -1);
+    if (pfd.fd >= 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
+        check_input(r);
 }
 
 /* Drains the ring until a command ends the copy for this receiver. */
 static enum fan_command pump(pgfan_receiver *r)
 {
     fan_ring *ring = ring_of(r);
-    uint64_t cursor = fan_ring_cursor(ring, r->index);
     for (;;) {
         enum fan_command cmd = command_of(r);
+        int state = state_of(r);
+        uint64_t cursor = fan_ring_cursor(ring, r->index);
         if (cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP)
             return cmd;
         if (cmd == FAN_CMD_COMMIT && atomic_load(&r->drained))
             return cmd;
-        int faulted = atomic_load(&r->state) == PGFAN_RECEIVER_FAULTED;
-        if (!faulted && cursor != fan_ring_head(ring)) {
+        if ((cmd == FAN_CMD_PAUSE || cmd == FAN_CMD_STALL) && state == PGFAN_RECEIVER_ACTIVE) {
+            step_out(r, cmd);
+            continue;
+        }
+        if (cmd == FAN_CMD_RESUME) {
+            /* The manager re-joined us to the gating set if we had left. */
+            enum fan_command expect = FAN_CMD_RESUME;
+            atomic_compare_exchange_strong(&r->command, &expect, FAN_CMD_NONE);
+            set_state(r, PGFAN_RECEIVER_ACTIVE);
+            continue;
+        }
+        if (state != PGFAN_RECEIVER_ACTIVE) {
+            idle(r);
+            continue;
+        }
+        /* State before head: a head read after seeing ENDED is final. */
+        int ring_state = fan_ring_state(ring);
+        if (cursor != fan_ring_head(ring)) {
             const fan_slot *s = fan_ring_slot(ring, cursor);
             if (deliver(r, s) != 0)
                 continue;
             add_progress(r, s);
-            cursor++;
-            fan_ring_release(ring, r->index, cursor);
+            fan_ring_release(ring, r->index, cursor + 1);
             /* Flushing each slot bounds libpq's buffer to about one slot. */
-            if (r->kind == FAN_RECEIVER_STATEMENT)
-                flush_all(r, 1);
+            if (r->kind == FAN_RECEIVER_STATEMENT && flush_all(r, 1) == 0 &&
+                socket_readable(r))
+                check_input(r);
             continue;
         }
-        short revents = 0;
-        if (!faulted && fan_ring_state(ring) == FAN_RING_ENDED &&
-            cursor == fan_ring_head(ring) && !atomic_load(&r->drained)) {
-            atomic_store(&r->drained, 1);
-            fan_manager_poke(r->manager);
+        if (ring_state == FAN_RING_ENDED) {
+            if (!atomic_exchange(&r->drained, 1))
+                fan_manager_poke(r->manager);
+            idle(r);
             continue;
         }
-        if (faulted || fan_ring_state(ring) != FAN_RING_OPEN) {
-            sleep_on(r, r->in_copy ? POLLIN : 0, -1, &revents);
-        } else {
-            struct pollfd pfd = {
-                .fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn) : -1,
-                .events = POLLIN};
-            fan_ring_wait_data(ring, r->index, cursor, &pfd, pfd.fd >= 0 ? 1 : 0, -1);
-            revents = pfd.revents;
+        if (ring_state == FAN_RING_FAILED) {
+            idle(r);
+            continue;
         }
-        if (!faulted && r->in_copy && (revents & (POLLIN | POLLHUP | POLLERR)))
-            check_input(r);
+        wait_for_data(r, cursor);
     }
 }
 
@@ -535,8 +642,7 @@ void *fan_receiver_main(void *arg)
     if (cmd == FAN_CMD_COMMIT)
         complete(r);
     else
-        fail_copy(r,
-                  cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
+        fail_copy(r, cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
     if (fan_ring_is_gating(ring_of(r), r->index))
         fan_ring_leave(ring_of(r), r->index);
     if (r->kind == FAN_RECEIVER_STATEMENT) {

@@ -113,6 +113,8 @@ static inline const fan_slot *fan_ring_slot(const fan_ring *r, uint64_t seq)
     return &r->slots[seq & r->mask];
 }
 
+/* Acquire: a head loaded after seeing ENDED or FAILED is the final head
+ * (the writer publishes before it closes).  Readers load the state first. */
 int fan_ring_state(fan_ring *r);
 
 /*

@@ -54,6 +54,8 @@ const char *pgfan_strerror(int code)
         return "a receiver failed";
     case PGFAN_EBUSY:
         return "the connection is busy";
+    case PGFAN_EPARTIAL:
+        return "some targets committed and some did not";
     }
     return "unknown error";
 }
@@ -102,6 +104,7 @@ void pgfan_options_init(pgfan_options *opts)
     opts->fault_hold_ms = 5000;
     opts->stall_timeout_ms = 0;
     opts->progress_ms = 100;
+    opts->realign_timeout_ms = 30000;
 }
 
 void fan_now(struct timespec *t)
@@ -114,4 +117,22 @@ double fan_seconds_since(const struct timespec *t)
     struct timespec now;
     fan_now(&now);
     return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+void fan_deadline(struct timespec *t, unsigned int ms)
+{
+    fan_now(t);
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+long fan_ms_until(const struct timespec *t)
+{
+    struct timespec now;
+    fan_now(&now);
+    return (long)(t->tv_sec - now.tv_sec) * 1000L + (t->tv_nsec - now.tv_nsec) / 1000000L;
 }

@@ -19,13 +19,19 @@ static int exec_simple(PGconn *conn, const char *sql, pgfan_fault *f, int who,
 
 static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
                  size_t ntargets, PGconn *const targets[],
-                 const char *const copy_from_sql[], const pgfan_options *opts)
+                 const char *const copy_from_sql[], const pgfan_options *user_opts)
 {
+    pgfan_options opts;
     pgfan_producer *p;
+    if (user_opts)
+        opts = *user_opts;
+    else
+        pgfan_options_init(&opts);
+    opts.fault_hold_ms = 0; /* nobody can reconcile inside this call */
     int rc = pgfan_producer_new_statement(&p, source, copy_to_sql);
     if (rc != PGFAN_OK)
         return rc;
-    rc = pgfan_manager_new(out, p, opts);
+    rc = pgfan_manager_new(out, p, &opts);
     if (rc != PGFAN_OK) {
         pgfan_producer_free(p);
         return rc;
@@ -125,7 +131,9 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
     size_t committed = settle(m, ntargets, targets, own_tx, may_commit);
     if (result)
         result->committed = committed;
-    if (rc == PGFAN_OK && committed < ntargets)
+    if (committed > 0 && committed < ntargets)
+        rc = PGFAN_EPARTIAL;
+    else if (rc == PGFAN_OK && committed < ntargets)
         rc = PGFAN_ERECEIVER;
 out:
     if (result && m) {
