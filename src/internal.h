@@ -79,6 +79,7 @@ struct pgfan_receiver {
     int has_deadline;
     /* Manager-thread bookkeeping. */
     struct timespec stalled_since;
+    uint64_t stalled_at; /* the cursor that has not moved since then */
     int stalling;
     struct timespec hold_until;
     int holding;

@@ -290,10 +290,11 @@ static void expire_holds(pgfan_manager *m)
 }
 
 /*
- * A receiver that is the slowest of the gating set while the ring is full
- * holds the producer back; after stall_timeout_ms it is asked to step out
- * of the gating set (it reports the stall fault itself, at a point where
- * it holds no slot).
+ * A receiver whose cursor does not move while the ring is full (so it
+ * holds the producer back) for stall_timeout_ms is asked to step out of the
+ * gating set; it reports the stall fault itself, at a point where it holds
+ * no slot.  A receiver that is merely the slowest keeps moving and is not
+ * a stall.
  */
 static void detect_stalls(pgfan_manager *m)
 {
@@ -303,14 +304,16 @@ static void detect_stalls(pgfan_manager *m)
     uint64_t head = fan_ring_head(ring);
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
+        uint64_t cursor = fan_ring_cursor(ring, i);
         int blocking = fan_ring_is_gating(ring, i) &&
                        atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
                        atomic_load(&r->command) == FAN_CMD_NONE &&
-                       head - fan_ring_cursor(ring, i) >= ring->nslots;
-        if (!blocking) {
+                       head - cursor >= ring->nslots;
+        if (!blocking || (r->stalling && cursor != r->stalled_at)) {
             r->stalling = 0;
             continue;
         }
+        r->stalled_at = cursor;
         if (!r->stalling) {
             r->stalling = 1;
             fan_now(&r->stalled_since);

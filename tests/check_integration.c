@@ -11,68 +11,9 @@
 
 #include "pgtest.h"
 
-#define MAX_TARGETS 8
+Suite *faults_suite(void);
 
 static const char *const format_option[] = {"text", "csv", "binary"};
-
-typedef struct fanout {
-    PGconn *source;
-    PGconn *targets[MAX_TARGETS];
-    char tables[MAX_TARGETS][64];
-    char copy_in[MAX_TARGETS][160];
-    const char *copy_in_ptr[MAX_TARGETS];
-    size_t n;
-} fanout;
-
-/* Opens a source connection and `n` target connections, each with an empty
- * table shaped like `source_table`. */
-static void fanout_open(fanout *f, const char *source_table, size_t n, const char *format)
-{
-    memset(f, 0, sizeof *f);
-    f->source = pgt_connect();
-    f->n = n;
-    for (size_t i = 0; i < n; i++) {
-        f->targets[i] = pgt_connect();
-        pgt_name(f->tables[i], sizeof f->tables[i], "dst");
-        pgt_empty_copy(f->targets[i], f->tables[i], source_table);
-        snprintf(f->copy_in[i], sizeof f->copy_in[i], "COPY %s FROM STDIN (FORMAT %s)",
-                 f->tables[i], format);
-        f->copy_in_ptr[i] = f->copy_in[i];
-    }
-}
-
-static void fanout_close(fanout *f)
-{
-    for (size_t i = 0; i < f->n; i++)
-        PQfinish(f->targets[i]);
-    PQfinish(f->source);
-}
-
-/* Every target equals the source, every connection is usable. */
-static void assert_copies_equal(fanout *f, const char *source_table)
-{
-    char *want = pgt_checksum(f->source, source_table);
-    for (size_t i = 0; i < f->n; i++) {
-        char *got = pgt_checksum(f->targets[i], f->tables[i]);
-        ck_assert_msg(strcmp(got, want) == 0, "target %zu holds %s, source %s", i, got,
-                      want);
-        free(got);
-        pgt_assert_usable(f->targets[i]);
-    }
-    pgt_assert_usable(f->source);
-    free(want);
-}
-
-static void assert_targets_empty(fanout *f)
-{
-    for (size_t i = 0; i < f->n; i++) {
-        char *got = pgt_value(f->targets[i], "SELECT count(*) FROM %s", f->tables[i]);
-        ck_assert_str_eq(got, "0");
-        free(got);
-        pgt_assert_usable(f->targets[i]);
-    }
-    pgt_assert_usable(f->source);
-}
 
 /* Copies source_table into n fresh targets in `format` and checks them. */
 static void transfer_and_verify(const char *source_table, size_t n, const char *format,
@@ -254,6 +195,7 @@ START_TEST(iterator_producer_to_statement_receivers)
         ck_assert_uint_eq(rr.rows, 200000);
     }
     pgfan_manager_free(m);
+    PQfinish(f.source);
     f.source = c; /* compare against the reference table */
     assert_copies_equal(&f, ref);
     fanout_close(&f);
@@ -573,6 +515,7 @@ static Suite *integration_suite(void)
 int main(void)
 {
     SRunner *sr = srunner_create(integration_suite());
+    srunner_add_suite(sr, faults_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

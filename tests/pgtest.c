@@ -109,3 +109,61 @@ void pgt_empty_copy(PGconn *c, const char *name, const char *like)
 {
     pgt_exec(c, "CREATE TABLE %s (LIKE %s)", name, like);
 }
+
+#define MAX_TARGETS 8
+
+
+/* Opens a source connection and `n` target connections, each with an empty
+ * table shaped like `source_table`. */
+void fanout_open(fanout *f, const char *source_table, size_t n, const char *format)
+{
+    memset(f, 0, sizeof *f);
+    f->source = pgt_connect();
+    f->n = n;
+    for (size_t i = 0; i < n; i++) {
+        f->targets[i] = pgt_connect();
+        pgt_name(f->tables[i], sizeof f->tables[i], "dst");
+        pgt_empty_copy(f->targets[i], f->tables[i], source_table);
+        snprintf(f->copy_in[i], sizeof f->copy_in[i], "COPY %s FROM STDIN (FORMAT %s)",
+                 f->tables[i], format);
+        f->copy_in_ptr[i] = f->copy_in[i];
+    }
+}
+
+void fanout_close(fanout *f)
+{
+    PGconn *admin = pgt_connect();
+    for (size_t i = 0; i < f->n; i++) {
+        PQfinish(f->targets[i]);
+        pgt_exec(admin, "DROP TABLE IF EXISTS %s", f->tables[i]);
+    }
+    PQfinish(f->source);
+    PQfinish(admin);
+}
+
+/* Every target equals the source, every connection is usable. */
+void assert_copies_equal(fanout *f, const char *source_table)
+{
+    char *want = pgt_checksum(f->source, source_table);
+    for (size_t i = 0; i < f->n; i++) {
+        char *got = pgt_checksum(f->targets[i], f->tables[i]);
+        ck_assert_msg(strcmp(got, want) == 0, "target %zu holds %s, source %s", i, got,
+                      want);
+        free(got);
+        pgt_assert_usable(f->targets[i]);
+    }
+    pgt_assert_usable(f->source);
+    free(want);
+}
+
+void assert_targets_empty(fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        char *got = pgt_value(f->targets[i], "SELECT count(*) FROM %s", f->tables[i]);
+        ck_assert_str_eq(got, "0");
+        free(got);
+        pgt_assert_usable(f->targets[i]);
+    }
+    pgt_assert_usable(f->source);
+}
+

@@ -23,4 +23,25 @@ void pgt_mixed_table(PGconn *c, const char *name, long rows);
 /* An empty table with the same columns as `like`. */
 void pgt_empty_copy(PGconn *c, const char *name, const char *like);
 
+#define MAX_TARGETS 8
+
+/* A source connection and up to MAX_TARGETS target connections, each target
+ * with its own empty table shaped like the source table. */
+typedef struct fanout {
+    PGconn *source;
+    PGconn *targets[MAX_TARGETS];
+    char tables[MAX_TARGETS][64];
+    char copy_in[MAX_TARGETS][160];
+    const char *copy_in_ptr[MAX_TARGETS];
+    size_t n;
+} fanout;
+
+void fanout_open(fanout *f, const char *source_table, size_t n, const char *format);
+/* Drops the target tables and closes every connection. */
+void fanout_close(fanout *f);
+/* Every target equals the source, every connection is usable. */
+void assert_copies_equal(fanout *f, const char *source_table);
+/* Every target table is empty, every connection is usable. */
+void assert_targets_empty(fanout *f);
+
 #endif

@@ -1,0 +1,639 @@
+/*
+ * Faults against a real server: a failing callback reconciled or dropped, a
+ * terminated backend, a constraint violation seen mid-stream, a source that
+ * fails mid-stream, slow receivers paused out of the gating set, aborts and
+ * early finishes.  Every scenario runs ROUNDS times so a flaky one shows.
+ */
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <pgfan.h>
+
+#include "pgtest.h"
+
+Suite *faults_suite(void);
+
+#define ROUNDS 20
+#define SOURCE "fault_source"
+#define SOURCE_ROWS 200000
+#define SUBSET_SQL "COPY (SELECT * FROM " SOURCE " WHERE id <= 40000) TO STDOUT"
+
+/* One shared source table, built by the first test that needs it. */
+static void shared_source(PGconn *c)
+{
+    char *n = pgt_value(c, "SELECT count(*) FROM pg_class WHERE relname = '%s'", SOURCE);
+    if (strcmp(n, "0") == 0)
+        pgt_mixed_table(c, SOURCE, SOURCE_ROWS);
+    free(n);
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+typedef struct buffer {
+    char *data;
+    size_t len, cap;
+} buffer;
+
+static void buffer_add(buffer *b, const char *d, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2;
+        b->data = realloc(b->data, b->cap);
+    }
+    memcpy(b->data + b->len, d, n);
+    b->len += n;
+}
+
+/* What plain libpq reads for the same COPY. */
+static buffer direct_copy(PGconn *c, const char *sql)
+{
+    buffer b = {0};
+    PGresult *r = PQexec(c, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COPY_OUT);
+    PQclear(r);
+    char *row;
+    int n;
+    while ((n = PQgetCopyData(c, &row, 0)) > 0) {
+        buffer_add(&b, row, (size_t)n);
+        PQfreemem(row);
+    }
+    r = PQgetResult(c);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    return b;
+}
+
+static void assert_same_bytes(const buffer *got, const buffer *want)
+{
+    ck_assert_uint_eq(got->len, want->len);
+    ck_assert_int_eq(memcmp(got->data, want->data, want->len), 0);
+}
+
+/* A call receiver that fails once, at chunk `fail_at`, and sleeps
+ * `first_sleep_ms` in its first call. */
+typedef struct flaky {
+    buffer got;
+    long calls;
+    long fail_at;
+    int failed;
+    long first_sleep_ms;
+} flaky;
+
+static int flaky_chunk(void *arg, const char *d, size_t n)
+{
+    flaky *f = arg;
+    if (f->calls++ == 0 && f->first_sleep_ms)
+        sleep_ms(f->first_sleep_ms);
+    if (f->calls - 1 == f->fail_at && !f->failed) {
+        f->failed = 1;
+        return 7;
+    }
+    buffer_add(&f->got, d, n);
+    return 0;
+}
+
+static pgfan_options options(pgfan_policy policy, unsigned hold_ms, unsigned stall_ms)
+{
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.policy = policy;
+    o.fault_hold_ms = hold_ms;
+    o.stall_timeout_ms = stall_ms;
+    o.progress_ms = 10;
+    return o;
+}
+
+static pgfan_manager *statement_manager(PGconn *source, const char *sql,
+                                        const pgfan_options *o)
+{
+    pgfan_producer *p;
+    pgfan_manager *m;
+    ck_assert_int_eq(pgfan_producer_new_statement(&p, source, sql), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, o), PGFAN_OK);
+    return m;
+}
+
+static void add_statement_receivers(pgfan_manager *m, fanout *f)
+{
+    for (size_t i = 0; i < f->n; i++) {
+        pgfan_receiver *r;
+        ck_assert_int_eq(pgfan_receiver_new_statement(&r, f->targets[i], f->copy_in[i]),
+                         PGFAN_OK);
+        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+    }
+}
+
+static void add_call_receiver(pgfan_manager *m, flaky *f)
+{
+    pgfan_receiver *r;
+    ck_assert_int_eq(pgfan_receiver_new_call(&r, flaky_chunk, f), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+}
+
+static pgfan_progress progress(pgfan_manager *m)
+{
+    pgfan_progress p;
+    ck_assert_int_eq(pgfan_manager_progress(m, &p), PGFAN_OK);
+    return p;
+}
+
+static pgfan_receiver_state state_of(pgfan_manager *m, size_t i)
+{
+    pgfan_receiver_result rr;
+    ck_assert_int_eq(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+    return rr.state;
+}
+
+/* Runs cycles until the producer has read `bytes`; no fault may happen. */
+static void run_until_bytes(pgfan_manager *m, uint64_t bytes)
+{
+    pgfan_event ev;
+    while (progress(m).producer_bytes < bytes) {
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        ck_assert_msg(ev.type == PGFAN_EVENT_PROGRESS, "unexpected event %d: %s", ev.type,
+                      ev.fault.message);
+    }
+    ck_assert_int_eq(progress(m).producer_done, 0);
+}
+
+/* Runs cycles until the next fault and returns it. */
+static pgfan_fault next_fault(pgfan_manager *m)
+{
+    pgfan_event ev;
+    do {
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        ck_assert_int_ne(ev.type, PGFAN_EVENT_END);
+    } while (ev.type != PGFAN_EVENT_FAULT);
+    return ev.fault;
+}
+
+static void run_to_end(pgfan_manager *m)
+{
+    pgfan_event ev;
+    do
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+    while (ev.type != PGFAN_EVENT_END);
+}
+
+static void assert_table_count(PGconn *c, const char *table, const char *want)
+{
+    char *n = pgt_value(c, "SELECT count(*) FROM %s", table);
+    ck_assert_msg(strcmp(n, want) == 0, "%s holds %s rows, expected %s", table, n, want);
+    free(n);
+}
+
+static void assert_no_copy_running(void)
+{
+    PGconn *admin = pgt_connect();
+    char *n = pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
+                               "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
+    ck_assert_str_eq(n, "0");
+    free(n);
+    PQfinish(admin);
+}
+
+/* ---- a call receiver fails at chunk k ---- */
+
+START_TEST(failed_callback_reconciled_within_hold)
+{
+    PGconn *c = pgt_connect();
+    shared_source(c);
+    buffer want = direct_copy(c, SUBSET_SQL);
+    pgfan_options o = options(PGFAN_POLICY_ABORT, 10000, 0);
+    pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
+    flaky ok = {.fail_at = -1}, bad = {.fail_at = 3 + _i % 5};
+    add_call_receiver(m, &ok);
+    add_call_receiver(m, &bad);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_fault f = next_fault(m);
+    ck_assert_int_eq(f.receiver, 1);
+    ck_assert_int_eq(f.code, PGFAN_ECALLBACK);
+    ck_assert_int_eq(f.reconcilable, 1);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_FAULTED);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_ESTATE); /* only once */
+    run_to_end(m);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DONE);
+    assert_same_bytes(&ok.got, &want); /* every row exactly once */
+    assert_same_bytes(&bad.got, &want);
+    pgfan_manager_free(m);
+    pgt_assert_usable(c);
+    free(want.data), free(ok.got.data), free(bad.got.data);
+    PQfinish(c);
+}
+END_TEST
+
+START_TEST(failed_callback_not_reconciled_is_dropped)
+{
+    PGconn *c = pgt_connect();
+    shared_source(c);
+    buffer want = direct_copy(c, SUBSET_SQL);
+    pgfan_options o = options(PGFAN_POLICY_DROP, 50, 0);
+    pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
+    flaky ok = {.fail_at = -1}, bad = {.fail_at = 2 + _i % 5};
+    add_call_receiver(m, &ok);
+    add_call_receiver(m, &bad);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    ck_assert_int_eq(state_of(m, 0), PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DROPPED);
+    pgfan_fault f;
+    ck_assert_int_eq(pgfan_manager_fault(m, 0, &f), PGFAN_OK);
+    ck_assert_int_eq(f.receiver, 1);
+    ck_assert_int_eq(f.code, PGFAN_ECALLBACK);
+    assert_same_bytes(&ok.got, &want);
+    pgfan_manager_free(m);
+    pgt_assert_usable(c);
+    free(want.data), free(ok.got.data), free(bad.got.data);
+    PQfinish(c);
+}
+END_TEST
+
+/* ---- a target backend is terminated mid-copy ---- */
+
+START_TEST(terminated_backend)
+{
+    pgfan_policy policy = _i % 2 ? PGFAN_POLICY_DROP : PGFAN_POLICY_ABORT;
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 3, "text");
+    pgfan_options o = options(policy, 0, 0);
+    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 2 << 20);
+    pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.targets[1]));
+    pgfan_fault fault = next_fault(m);
+    ck_assert_int_eq(fault.receiver, 1);
+    ck_assert_msg(fault.code == PGFAN_ECONN || strcmp(fault.sqlstate, "57P01") == 0,
+                  "fault: %s %s", fault.sqlstate, fault.message);
+    run_to_end(m);
+    int rc = pgfan_manager_finish(m);
+    ck_assert_int_eq(PQstatus(f.targets[1]), CONNECTION_BAD);
+    assert_table_count(admin, f.tables[1], "0");
+    if (policy == PGFAN_POLICY_DROP) {
+        ck_assert_int_eq(rc, PGFAN_OK);
+        ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DROPPED);
+        char *want = pgt_checksum(admin, SOURCE);
+        for (size_t i = 0; i < 3; i += 2) {
+            char *got = pgt_checksum(f.targets[i], f.tables[i]);
+            ck_assert_str_eq(got, want);
+            free(got);
+            pgt_assert_usable(f.targets[i]);
+        }
+        free(want);
+    } else {
+        ck_assert_int_eq(rc, PGFAN_ERECEIVER);
+        for (size_t i = 0; i < 3; i += 2) {
+            assert_table_count(f.targets[i], f.tables[i], "0");
+            pgt_assert_usable(f.targets[i]);
+        }
+    }
+    pgt_assert_usable(f.source);
+    pgfan_manager_free(m);
+    assert_no_copy_running();
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+/* ---- a row in the middle violates a CHECK constraint ---- */
+
+START_TEST(constraint_violation_is_seen_mid_stream)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 2, "text");
+    pgt_exec(f.targets[1], "ALTER TABLE %s ADD CONSTRAINT no_5000 CHECK (id <> 5000)",
+             f.tables[1]);
+    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
+    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_fault fault = next_fault(m);
+    pgfan_progress pr = progress(m);
+    ck_assert_int_eq(fault.receiver, 1);
+    ck_assert_int_eq(fault.code, PGFAN_ESERVER);
+    ck_assert_str_eq(fault.sqlstate, "23514");
+    ck_assert_msg(strstr(fault.message, "no_5000"), "message: %s", fault.message);
+    /* Seen while the stream still runs, not at CopyDone. */
+    ck_assert_int_eq(pr.producer_done, 0);
+    ck_assert_uint_lt(fault.bytes, 20u << 20);
+    run_to_end(m);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_ERECEIVER);
+    pgfan_manager_free(m);
+    assert_targets_empty(&f);
+    assert_no_copy_running();
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+/* ---- the source query fails mid-stream ---- */
+
+START_TEST(source_fails_mid_stream)
+{
+    PGconn *c = pgt_connect();
+    char shape[64];
+    pgt_name(shape, sizeof shape, "shape");
+    pgt_exec(c, "CREATE TABLE %s (g int8, q int8)", shape);
+    fanout f;
+    fanout_open(&f, shape, 2, "text");
+    pgfan_transfer_result res;
+    pgfan_receiver_result per[2];
+    int rc = pgfan_transfer(
+        f.source,
+        "COPY (SELECT g, 1 / (500000 - g) FROM generate_series(1, 1000000) g) TO STDOUT",
+        2, f.targets, f.copy_in_ptr, NULL, &res, per);
+    ck_assert_int_eq(rc, PGFAN_EPRODUCER);
+    ck_assert_int_eq(res.error.receiver, PGFAN_PRODUCER_INDEX);
+    ck_assert_str_eq(res.error.sqlstate, "22012");
+    ck_assert_msg(strstr(res.error.message, "division by zero"), "%s", res.error.message);
+    ck_assert_uint_eq(res.committed, 0);
+    ck_assert_uint_gt(res.rows, 0); /* it failed mid-stream, not at once */
+    for (size_t i = 0; i < 2; i++)
+        ck_assert_int_eq(per[i].state, PGFAN_RECEIVER_FAILED);
+    assert_targets_empty(&f);
+    assert_no_copy_running();
+    fanout_close(&f);
+    pgt_exec(c, "DROP TABLE %s", shape);
+    PQfinish(c);
+}
+END_TEST
+
+/* ---- slow receivers ---- */
+
+#define SLOT_BYTES 4096
+#define CHUNKS 40
+
+/* Yields CHUNKS chunks of exactly one slot of 64-byte rows; optionally
+ * stops before chunk `gate_at` until released. */
+typedef struct gated_rows {
+    long next;
+    long gate_at;
+    atomic_int waiting;
+    atomic_int released;
+    char buf[SLOT_BYTES];
+    buffer all;
+} gated_rows;
+
+static int gated_next(void *arg, const char **data, size_t *len)
+{
+    gated_rows *g = arg;
+    if (g->next == CHUNKS)
+        return 0;
+    if (g->next == g->gate_at) {
+        atomic_store(&g->waiting, 1);
+        while (!atomic_load(&g->released))
+            sleep_ms(1);
+    }
+    for (int row = 0; row < SLOT_BYTES / 64; row++) {
+        char line[80];
+        snprintf(line, sizeof line, "%08ld\t%-54s\n", g->next * 64 + row, "slow-test");
+        memcpy(g->buf + row * 64, line, 64);
+    }
+    buffer_add(&g->all, g->buf, SLOT_BYTES);
+    g->next++;
+    *data = g->buf;
+    *len = SLOT_BYTES;
+    return 1;
+}
+
+static pgfan_manager *slow_manager(gated_rows *g, flaky *fast, flaky *slow, pgfan_policy pol)
+{
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_options o = options(pol, 60000, 100);
+    o.ring_slots = 8;
+    o.chunk_bytes = SLOT_BYTES;
+    ck_assert_int_eq(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, gated_next, g),
+                     PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_OK);
+    add_call_receiver(m, fast);
+    add_call_receiver(m, slow);
+    return m;
+}
+
+START_TEST(stalled_callback_reconciled_while_data_is_in_the_ring)
+{
+    gated_rows g = {.gate_at = 9};
+    flaky fast = {.fail_at = -1}, slow = {.fail_at = -1, .first_sleep_ms = 800};
+    pgfan_manager *m = slow_manager(&g, &fast, &slow, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_fault f = next_fault(m);
+    ck_assert_int_eq(f.receiver, 1);
+    ck_assert_int_eq(f.code, PGFAN_ESTALL);
+    ck_assert_int_eq(f.reconcilable, 1);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_PAUSED);
+    while (!atomic_load(&g.waiting)) /* the source holds still: data stays in the ring */
+        sleep_ms(1);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_OK);
+    atomic_store(&g.released, 1);
+    run_to_end(m);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    assert_same_bytes(&fast.got, &g.all);
+    assert_same_bytes(&slow.got, &g.all); /* nothing lost, nothing twice */
+    pgfan_manager_free(m);
+    free(g.all.data), free(fast.got.data), free(slow.got.data);
+}
+END_TEST
+
+START_TEST(stalled_callback_reconciled_too_late_is_dropped)
+{
+    gated_rows g = {.gate_at = -1};
+    flaky fast = {.fail_at = -1}, slow = {.fail_at = -1, .first_sleep_ms = 800};
+    pgfan_manager *m = slow_manager(&g, &fast, &slow, PGFAN_POLICY_DROP);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_fault f = next_fault(m);
+    ck_assert_int_eq(f.receiver, 1);
+    ck_assert_int_eq(f.code, PGFAN_ESTALL);
+    pgfan_event ev;
+    while (!progress(m).producer_done) /* the others go on without it */
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_EGONE);
+    ck_assert_int_eq(pgfan_manager_drop(m, 1), PGFAN_OK);
+    run_to_end(m);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DROPPED);
+    assert_same_bytes(&fast.got, &g.all);
+    pgfan_manager_free(m);
+    free(g.all.data), free(fast.got.data), free(slow.got.data);
+}
+END_TEST
+
+START_TEST(stopped_target_backend_stalls_then_is_dropped)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 3, "text");
+    pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 500);
+    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 1 << 20);
+    int pid = PQbackendPID(f.targets[1]);
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+    pgfan_fault fault = next_fault(m);
+    int stopped_ok = fault.receiver == 1 && fault.code == PGFAN_ESTALL;
+    /* The others receive everything while target 1 is stopped. */
+    pgfan_event ev;
+    int drained = 0;
+    while (stopped_ok && !drained && pgfan_manager_next(m, &ev) == PGFAN_OK &&
+           ev.type == PGFAN_EVENT_PROGRESS) {
+        pgfan_progress pr = progress(m);
+        pgfan_receiver_result a, b;
+        pgfan_manager_receiver(m, 0, &a);
+        pgfan_manager_receiver(m, 2, &b);
+        drained = pr.producer_done && a.bytes == pr.producer_bytes &&
+                  b.bytes == pr.producer_bytes;
+    }
+    kill(pid, SIGCONT);
+    ck_assert_msg(stopped_ok, "expected a stall of target 1, got %d on %d: %s", fault.code,
+                  fault.receiver, fault.message);
+    ck_assert(drained);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_EGONE);
+    ck_assert_int_eq(pgfan_manager_drop(m, 1), PGFAN_OK);
+    run_to_end(m);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DROPPED);
+    pgfan_manager_free(m);
+    assert_table_count(f.targets[1], f.tables[1], "0"); /* rolled back */
+    pgt_assert_usable(f.targets[1]);
+    char *want = pgt_checksum(admin, SOURCE);
+    for (size_t i = 0; i < 3; i += 2) {
+        char *got = pgt_checksum(f.targets[i], f.tables[i]);
+        ck_assert_str_eq(got, want);
+        free(got);
+    }
+    free(want);
+    assert_no_copy_running();
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+/* ---- the caller ends the copy early ---- */
+
+static void end_mid_copy(int use_abort)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 3, "text");
+    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
+    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 2 << 20);
+    if (use_abort)
+        ck_assert_int_eq(pgfan_manager_abort(m, "pgfan test: caller abort"), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_EABORTED);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(state_of(m, i), PGFAN_RECEIVER_FAILED);
+    pgfan_manager_free(m);
+    assert_targets_empty(&f);
+    assert_no_copy_running();
+    fanout_close(&f);
+    PQfinish(admin);
+}
+
+START_TEST(abort_from_the_caller_mid_copy)
+{
+    end_mid_copy(1);
+}
+END_TEST
+
+START_TEST(breaking_out_early_and_finishing_fails_the_copy)
+{
+    end_mid_copy(0);
+}
+END_TEST
+
+/* ---- every receiver faults ---- */
+
+START_TEST(all_receivers_faulted_means_no_receivers)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 2, "text");
+    for (size_t i = 0; i < 2; i++)
+        pgt_exec(f.targets[i], "ALTER TABLE %s ADD CHECK (id <> %zu)", f.tables[i],
+                 1000 + i * 2000);
+    pgfan_options o = options(PGFAN_POLICY_DROP, 0, 0);
+    pgfan_manager *m = statement_manager(f.source, SUBSET_SQL, &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_ENORECEIVERS);
+    size_t n = pgfan_manager_fault_count(m);
+    pgfan_fault last;
+    ck_assert_int_eq(pgfan_manager_fault(m, n - 1, &last), PGFAN_OK);
+    ck_assert_int_eq(last.code, PGFAN_ENORECEIVERS);
+    ck_assert_ptr_nonnull(strstr(last.message, "no receivers"));
+    pgfan_manager_free(m);
+    assert_targets_empty(&f);
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+START_TEST(transfer_with_drop_policy_reports_each_target)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 3, "text");
+    pgt_exec(f.targets[1], "ALTER TABLE %s ADD CHECK (id <> 20000)", f.tables[1]);
+    pgfan_options o = options(PGFAN_POLICY_DROP, 5000, 0);
+    pgfan_transfer_result res;
+    pgfan_receiver_result per[3];
+    int rc = pgfan_transfer(f.source, SUBSET_SQL, 3, f.targets, f.copy_in_ptr, &o, &res, per);
+    ck_assert_int_eq(rc, PGFAN_EPARTIAL);
+    ck_assert_uint_eq(res.committed, 2);
+    ck_assert_uint_eq(res.rows, 40000);
+    ck_assert_int_eq(per[0].state, PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(per[1].state, PGFAN_RECEIVER_DROPPED);
+    ck_assert_int_eq(per[2].state, PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(per[1].has_fault, 1);
+    ck_assert_str_eq(per[1].fault.sqlstate, "23514");
+    assert_table_count(f.targets[0], f.tables[0], "40000");
+    assert_table_count(f.targets[1], f.tables[1], "0");
+    assert_table_count(f.targets[2], f.tables[2], "40000");
+    for (size_t i = 0; i < 3; i++)
+        pgt_assert_usable(f.targets[i]);
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+Suite *faults_suite(void)
+{
+    Suite *s = suite_create("faults");
+    TCase *tc = tcase_create("faults");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, failed_callback_reconciled_within_hold, 0, ROUNDS);
+    tcase_add_loop_test(tc, failed_callback_not_reconciled_is_dropped, 0, ROUNDS);
+    tcase_add_loop_test(tc, terminated_backend, 0, ROUNDS);
+    tcase_add_loop_test(tc, constraint_violation_is_seen_mid_stream, 0, ROUNDS);
+    tcase_add_loop_test(tc, source_fails_mid_stream, 0, ROUNDS);
+    tcase_add_loop_test(tc, stalled_callback_reconciled_while_data_is_in_the_ring, 0,
+                        ROUNDS);
+    tcase_add_loop_test(tc, stalled_callback_reconciled_too_late_is_dropped, 0, ROUNDS);
+    tcase_add_loop_test(tc, stopped_target_backend_stalls_then_is_dropped, 0, ROUNDS);
+    tcase_add_loop_test(tc, abort_from_the_caller_mid_copy, 0, ROUNDS);
+    tcase_add_loop_test(tc, breaking_out_early_and_finishing_fails_the_copy, 0, ROUNDS);
+    tcase_add_loop_test(tc, all_receivers_faulted_means_no_receivers, 0, ROUNDS);
+    tcase_add_loop_test(tc, transfer_with_drop_policy_reports_each_target, 0, ROUNDS);
+    suite_add_tcase(s, tc);
+    return s;
+}
