@@ -366,8 +366,8 @@ typedef struct pgfan_transfer_result {
  * With PGFAN_POLICY_ABORT (the default) no target commits unless every one
  * succeeded; with PGFAN_POLICY_DROP the targets that succeeded commit and
  * PGFAN_EPARTIAL says that some did not.  Faults are never held here (no
- * one could reconcile them): fault_hold_ms is taken as 0.  `opts` may be NULL; `result` may be NULL; `target_results`,
- * when not NULL, receives one entry per target.
+ * one could reconcile them): fault_hold_ms is taken as 0.  `opts` may be NULL; `result`
+ * may be NULL; `target_results`, when not NULL, receives one entry per target.
  */
 PGFAN_EXTERN int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
                                 PGconn *const targets[],

@@ -20,12 +20,12 @@ enum fan_receiver_kind { FAN_RECEIVER_STATEMENT, FAN_RECEIVER_CALL };
 /* What the manager asks a receiver thread to do. */
 enum fan_command {
     FAN_CMD_NONE = 0,
-    FAN_CMD_COMMIT,   /* the producer reached its end: send CopyDone */
-    FAN_CMD_ABORT,    /* failed copy: send CopyFail */
-    FAN_CMD_DROP,     /* drop this receiver: CopyFail, leave the gating set */
-    FAN_CMD_PAUSE,    /* leave the gating set and wait (the caller asked) */
-    FAN_CMD_STALL,    /* leave the gating set and report a stall fault */
-    FAN_CMD_RESUME    /* resume from the cursor (the manager re-joined it) */
+    FAN_CMD_COMMIT, /* the producer reached its end: send CopyDone */
+    FAN_CMD_ABORT,  /* failed copy: send CopyFail */
+    FAN_CMD_DROP,   /* drop this receiver: CopyFail, leave the gating set */
+    FAN_CMD_PAUSE,  /* leave the gating set and wait (the caller asked) */
+    FAN_CMD_STALL,  /* leave the gating set and report a stall fault */
+    FAN_CMD_RESUME  /* resume from the cursor (the manager re-joined it) */
 };
 
 struct pgfan_producer {
@@ -74,7 +74,7 @@ struct pgfan_receiver {
     struct timespec ended_at;
     int has_fault; /* under manager->lock */
     pgfan_fault fault;
-    unsigned long notices; /* notices seen during the copy */
+    unsigned long notices;    /* notices seen during the copy */
     struct timespec deadline; /* realignment must be done by then */
     int has_deadline;
     /* Manager-thread bookkeeping. */

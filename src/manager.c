@@ -265,7 +265,8 @@ static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
 {
     if (f->receiver == PGFAN_PRODUCER_INDEX) {
         if (f->code != PGFAN_ENORECEIVERS)
-            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
+            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER,
+                         "pgfan: the source failed");
         return;
     }
     pgfan_receiver *r = m->receivers[f->receiver];
@@ -491,7 +492,8 @@ int pgfan_manager_resume(pgfan_manager *m, size_t index)
     if (!r || atomic_load(&r->command) != FAN_CMD_PAUSE)
         return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
     /* Not stepped out yet: it is still gating, so resuming cannot fail. */
-    while (atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE && fan_ring_is_gating(&m->ring, index))
+    while (atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
+           fan_ring_is_gating(&m->ring, index))
         fan_waiter_sleep(&m->wake, NULL, 0, 1);
     return rejoin(m, r);
 }

@@ -280,7 +280,8 @@ static void sleep_on(pgfan_receiver *r, short events, int timeout_ms, short *rev
     int n = r->kind == FAN_RECEIVER_STATEMENT && events ? 1 : 0;
     if (r->has_deadline) {
         long left = fan_ms_until(&r->deadline);
-        timeout_ms = left < 0 ? 0 : (timeout_ms < 0 || left < timeout_ms ? (int)left : timeout_ms);
+        timeout_ms =
+            left < 0 ? 0 : (timeout_ms < 0 || left < timeout_ms ? (int)left : timeout_ms);
     }
     fan_waiter_sleep(&ring_of(r)->readers[r->index].waiter, &pfd, n, timeout_ms);
     *revents = n ? pfd.revents : 0;
@@ -293,10 +294,11 @@ static int past_deadline(pgfan_receiver *r)
 
 static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
 {
-    fan_fault_set(f, (int)r->index, PGFAN_ECONN,
-                  "%s: the server did not answer within %u ms; the connection is still in "
-                  "COPY mode and should be closed",
-                  r->label, r->manager->opts.realign_timeout_ms);
+    fan_fault_set(
+        f, (int)r->index, PGFAN_ECONN,
+        "%s: the server did not answer within %u ms; the connection is still in "
+        "COPY mode and should be closed",
+        r->label, r->manager->opts.realign_timeout_ms);
 }
 
 /*
@@ -458,8 +460,12 @@ static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
     }
 }
 
-/* Sends CopyDone (errormsg NULL) or CopyFail and reads the results, within
- * realign_timeout_ms.  The connection ends idle unless that time passed. */
+/*
+ * Sends CopyDone (errormsg NULL) or CopyFail and reads the results.  The
+ * answer to CopyFail is awaited at most realign_timeout_ms; the answer to
+ * CopyDone may legitimately take long (end-of-statement triggers, foreign
+ * key checks), so it is awaited while the server is alive.
+ */
 static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok)
 {
     *got_ok = 0;
@@ -468,8 +474,10 @@ static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int
         fan_fault_from_conn(f, (int)r->index, r->conn, r->label);
         return -1;
     }
-    fan_deadline(&r->deadline, r->manager->opts.realign_timeout_ms);
-    r->has_deadline = 1;
+    if (errormsg) {
+        fan_deadline(&r->deadline, r->manager->opts.realign_timeout_ms);
+        r->has_deadline = 1;
+    }
     int rc;
     while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
         if (flush_all(r, 0) < 0)
@@ -493,8 +501,8 @@ static void complete(pgfan_receiver *r)
         set_state(r, PGFAN_RECEIVER_DONE);
         return;
     }
-    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER, "%s: the server did not confirm the COPY",
-                  r->label);
+    fan_fault_set(&f, (int)r->index, PGFAN_ESERVER,
+                  "%s: the server did not confirm the COPY", r->label);
     if (end_copy(r, NULL, &f, &ok) != 0 || !ok) {
         raise_fault(r, &f);
         set_state(r, PGFAN_RECEIVER_FAILED);
@@ -504,8 +512,9 @@ static void complete(pgfan_receiver *r)
     atomic_store_explicit(&r->rows, r->server_rows, memory_order_relaxed);
     if (r->server_rows != want) {
         fan_fault_set(&f, (int)r->index, PGFAN_EROWCOUNT,
-                      "%s: the target stored %llu rows but the source sent %llu", r->label,
-                      (unsigned long long)r->server_rows, (unsigned long long)want);
+                      "%s: the target stored %llu rows but the source sent %llu",
+                      r->label, (unsigned long long)r->server_rows,
+                      (unsigned long long)want);
         raise_fault(r, &f);
         set_state(r, PGFAN_RECEIVER_FAILED);
         return;
@@ -566,10 +575,9 @@ static void idle(pgfan_receiver *r)
 static void wait_for_data(pgfan_receiver *r, uint64_t cursor)
 {
     fan_ring *ring = ring_of(r);
-    struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT && r->in_copy
-                                   ? PQsocket(r->conn)
-                                   : -1,
-                         .events = POLLIN};
+    struct pollfd pfd = {
+        .fd = r->kind == FAN_RECEIVER_STATEMENT && r->in_copy ? PQsocket(r->conn) : -1,
+        .events = POLLIN};
     fan_ring_wait_data(ring, r->index, cursor, &pfd, pfd.fd >= 0 ? 1 : 0, -1);
     if (pfd.fd >= 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
         check_input(r);
@@ -587,7 +595,8 @@ static enum fan_command pump(pgfan_receiver *r)
             return cmd;
         if (cmd == FAN_CMD_COMMIT && atomic_load(&r->drained))
             return cmd;
-        if ((cmd == FAN_CMD_PAUSE || cmd == FAN_CMD_STALL) && state == PGFAN_RECEIVER_ACTIVE) {
+        if ((cmd == FAN_CMD_PAUSE || cmd == FAN_CMD_STALL) &&
+            state == PGFAN_RECEIVER_ACTIVE) {
             step_out(r, cmd);
             continue;
         }
@@ -642,7 +651,8 @@ void *fan_receiver_main(void *arg)
     if (cmd == FAN_CMD_COMMIT)
         complete(r);
     else
-        fail_copy(r, cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
+        fail_copy(r,
+                  cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
     if (fan_ring_is_gating(ring_of(r), r->index))
         fan_ring_leave(ring_of(r), r->index);
     if (r->kind == FAN_RECEIVER_STATEMENT) {

@@ -17,10 +17,10 @@
 
 Suite *faults_suite(void);
 
-#define ROUNDS 20
-#define SOURCE "fault_source"
+#define ROUNDS      20
+#define SOURCE      "fault_source"
 #define SOURCE_ROWS 200000
-#define SUBSET_SQL "COPY (SELECT * FROM " SOURCE " WHERE id <= 40000) TO STDOUT"
+#define SUBSET_SQL  "COPY (SELECT * FROM " SOURCE " WHERE id <= 40000) TO STDOUT"
 
 /* One shared source table, built by the first test that needs it. */
 static void shared_source(PGconn *c)
@@ -193,8 +193,9 @@ static void assert_table_count(PGconn *c, const char *table, const char *want)
 static void assert_no_copy_running(void)
 {
     PGconn *admin = pgt_connect();
-    char *n = pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
-                               "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
+    char *n =
+        pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
+                         "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
     ck_assert_str_eq(n, "0");
     free(n);
     PQfinish(admin);
@@ -374,7 +375,7 @@ END_TEST
 /* ---- slow receivers ---- */
 
 #define SLOT_BYTES 4096
-#define CHUNKS 40
+#define CHUNKS     40
 
 /* Yields CHUNKS chunks of exactly one slot of 64-byte rows; optionally
  * stops before chunk `gate_at` until released. */
@@ -409,7 +410,8 @@ static int gated_next(void *arg, const char **data, size_t *len)
     return 1;
 }
 
-static pgfan_manager *slow_manager(gated_rows *g, flaky *fast, flaky *slow, pgfan_policy pol)
+static pgfan_manager *slow_manager(gated_rows *g, flaky *fast, flaky *slow,
+                                   pgfan_policy pol)
 {
     pgfan_producer *p;
     pgfan_manager *m;
@@ -477,7 +479,12 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
     shared_source(admin);
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
-    pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 500);
+    /* A stopped backend may hold cluster-wide locks (WAL writing) that would
+     * stall every target of its cluster: the stopped one gets its own. */
+    PQfinish(f.targets[1]);
+    f.targets[1] = pgt_connect_b();
+    pgt_mixed_table(f.targets[1], f.tables[1], 0);
+    pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 300);
     pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
     add_statement_receivers(m, &f);
     ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
@@ -499,9 +506,10 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
                   b.bytes == pr.producer_bytes;
     }
     kill(pid, SIGCONT);
-    ck_assert_msg(stopped_ok, "expected a stall of target 1, got %d on %d: %s", fault.code,
-                  fault.receiver, fault.message);
-    ck_assert(drained);
+    ck_assert_msg(stopped_ok, "expected a stall of target 1, got %d on %d: %s",
+                  fault.code, fault.receiver, fault.message);
+    ck_assert_msg(drained, "others not drained: event %d, fault %d on %d: %s", ev.type,
+                  ev.fault.code, ev.fault.receiver, ev.fault.message);
     ck_assert_int_eq(pgfan_manager_reconcile(m, 1), PGFAN_EGONE);
     ck_assert_int_eq(pgfan_manager_drop(m, 1), PGFAN_OK);
     run_to_end(m);
@@ -518,6 +526,7 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
     }
     free(want);
     assert_no_copy_running();
+    pgt_exec(f.targets[1], "DROP TABLE %s", f.tables[1]);
     fanout_close(&f);
     PQfinish(admin);
 }
@@ -560,6 +569,56 @@ START_TEST(breaking_out_early_and_finishing_fails_the_copy)
 }
 END_TEST
 
+START_TEST(abort_returns_while_a_target_is_stopped)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 2, "text");
+    PQfinish(f.targets[1]);
+    f.targets[1] = pgt_connect_b();
+    pgt_mixed_table(f.targets[1], f.tables[1], 0);
+    PGconn *admin_b = pgt_connect_b();
+    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
+    o.realign_timeout_ms = 300;
+    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    add_statement_receivers(m, &f);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 1 << 20);
+    int pid = PQbackendPID(f.targets[1]);
+    ck_assert_int_eq(kill(pid, SIGSTOP), 0);
+    sleep_ms(100); /* let its socket fill up */
+    /* Returns although the stopped server cannot answer CopyFail. */
+    int rc = pgfan_manager_abort(m, "pgfan test: abort with a stopped target");
+    kill(pid, SIGCONT);
+    ck_assert_int_eq(rc, PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_EABORTED);
+    ck_assert_int_eq(state_of(m, 0), PGFAN_RECEIVER_FAILED);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_FAILED);
+    assert_table_count(f.targets[0], f.tables[0], "0");
+    pgt_assert_usable(f.targets[0]);
+    pgt_assert_usable(f.source);
+    pgfan_manager_free(m);
+    /* The stopped target's connection was given up, not waited on: closing
+     * it makes its server roll the COPY back. */
+    PQfinish(f.targets[1]);
+    f.targets[1] = NULL;
+    char *left;
+    do {
+        sleep_ms(10);
+        left = pgt_value(admin_b, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d",
+                         pid);
+    } while (strcmp(left, "0") != 0 && (free(left), 1));
+    free(left);
+    assert_table_count(admin_b, f.tables[1], "0");
+    pgt_exec(admin_b, "DROP TABLE %s", f.tables[1]);
+    f.targets[1] = pgt_connect();
+    fanout_close(&f);
+    PQfinish(admin_b);
+    PQfinish(admin);
+}
+END_TEST
+
 /* ---- every receiver faults ---- */
 
 START_TEST(all_receivers_faulted_means_no_receivers)
@@ -597,7 +656,8 @@ START_TEST(transfer_with_drop_policy_reports_each_target)
     pgfan_options o = options(PGFAN_POLICY_DROP, 5000, 0);
     pgfan_transfer_result res;
     pgfan_receiver_result per[3];
-    int rc = pgfan_transfer(f.source, SUBSET_SQL, 3, f.targets, f.copy_in_ptr, &o, &res, per);
+    int rc =
+        pgfan_transfer(f.source, SUBSET_SQL, 3, f.targets, f.copy_in_ptr, &o, &res, per);
     ck_assert_int_eq(rc, PGFAN_EPARTIAL);
     ck_assert_uint_eq(res.committed, 2);
     ck_assert_uint_eq(res.rows, 40000);
@@ -631,6 +691,7 @@ Suite *faults_suite(void)
     tcase_add_loop_test(tc, stalled_callback_reconciled_too_late_is_dropped, 0, ROUNDS);
     tcase_add_loop_test(tc, stopped_target_backend_stalls_then_is_dropped, 0, ROUNDS);
     tcase_add_loop_test(tc, abort_from_the_caller_mid_copy, 0, ROUNDS);
+    tcase_add_loop_test(tc, abort_returns_while_a_target_is_stopped, 0, ROUNDS);
     tcase_add_loop_test(tc, breaking_out_early_and_finishing_fails_the_copy, 0, ROUNDS);
     tcase_add_loop_test(tc, all_receivers_faulted_means_no_receivers, 0, ROUNDS);
     tcase_add_loop_test(tc, transfer_with_drop_policy_reports_each_target, 0, ROUNDS);

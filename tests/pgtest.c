@@ -6,9 +6,21 @@
 #include <string.h>
 #include <unistd.h>
 
+static PGconn *connect_to(const char *ci);
+
 PGconn *pgt_connect(void)
 {
-    const char *ci = getenv("PGFAN_TEST_CONNINFO");
+    return connect_to(getenv("PGFAN_TEST_CONNINFO"));
+}
+
+PGconn *pgt_connect_b(void)
+{
+    const char *b = getenv("PGFAN_TEST_CONNINFO_B");
+    return connect_to(b && *b ? b : getenv("PGFAN_TEST_CONNINFO"));
+}
+
+static PGconn *connect_to(const char *ci)
+{
     if (!ci || !*ci)
         ck_abort_msg("PGFAN_TEST_CONNINFO is not set: integration tests need a server "
                      "(run them with 'make check' or './dev test')");
@@ -112,7 +124,6 @@ void pgt_empty_copy(PGconn *c, const char *name, const char *like)
 
 #define MAX_TARGETS 8
 
-
 /* Opens a source connection and `n` target connections, each with an empty
  * table shaped like `source_table`. */
 void fanout_open(fanout *f, const char *source_table, size_t n, const char *format)
@@ -166,4 +177,3 @@ void assert_targets_empty(fanout *f)
     }
     pgt_assert_usable(f->source);
 }
-

@@ -7,6 +7,8 @@
 
 /* Connects to $PGFAN_TEST_CONNINFO; a missing server fails the test. */
 PGconn *pgt_connect(void);
+/* Connects to server B ($PGFAN_TEST_CONNINFO_B, else the same server). */
+PGconn *pgt_connect_b(void);
 /* Runs SQL (printf-style) and fails the test unless it succeeds. */
 void pgt_exec(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* First column of the first row, as a malloc'd string. */

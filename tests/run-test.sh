@@ -1,7 +1,9 @@
 #!/bin/sh
-# Test driver wrapper (automake LOG_COMPILER): integration tests get a
-# throwaway PostgreSQL server unless PGFAN_TEST_CONNINFO names one.  The
-# server is always stopped afterwards, also on failure or interruption.
+# Test driver wrapper (automake LOG_COMPILER): integration tests get two
+# throwaway PostgreSQL servers (A, and B for targets that must not share a
+# cluster with the others) unless PGFAN_TEST_CONNINFO names a server, which
+# then serves as both.  Servers are always stopped afterwards, also on
+# failure or interruption.
 set -u
 test_program=$1
 shift
@@ -14,11 +16,16 @@ if [ -n "${PGFAN_TEST_CONNINFO:-}" ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-test.XXXXXX")
-cleanup() { sh "$here/pg-harness.sh" stop "$dir"; }
+dir_b=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-test-b.XXXXXX")
+cleanup() {
+    sh "$here/pg-harness.sh" stop "$dir"
+    sh "$here/pg-harness.sh" stop "$dir_b"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-conninfo=$(sh "$here/pg-harness.sh" start "$dir") || {
-    echo "run-test: could not start a PostgreSQL server for $test_program" >&2
+conninfo=$(sh "$here/pg-harness.sh" start "$dir") &&
+    conninfo_b=$(sh "$here/pg-harness.sh" start "$dir_b") || {
+    echo "run-test: could not start PostgreSQL servers for $test_program" >&2
     exit 1
 }
-PGFAN_TEST_CONNINFO=$conninfo "$test_program" "$@"
+PGFAN_TEST_CONNINFO=$conninfo PGFAN_TEST_CONNINFO_B=$conninfo_b "$test_program" "$@"
