@@ -6,7 +6,8 @@
 #   pg-harness.sh stop DIR    stop that server and remove DIR
 #
 # initdb refuses to run as root, so as root the server runs as the
-# unprivileged user $PGFAN_PG_USER (default: postgres).
+# unprivileged user $PGFAN_PG_USER (default: postgres).  $PGFAN_PG_OPTIONS
+# adds server options ("-c name=value ...").
 set -eu
 
 pg_bindir() {
@@ -52,7 +53,8 @@ start() {
             "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 \
              -c shared_buffers=128MB -c max_prepared_transactions=20 -c max_wal_size=4GB \
-             -c checkpoint_timeout=30min -c log_min_messages=warning" >/dev/null 2>&1; then
+             -c checkpoint_timeout=30min -c log_min_messages=warning \
+             ${PGFAN_PG_OPTIONS:-}" >/dev/null 2>&1; then
             break
         fi
         tries=$((tries + 1))

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Test driver wrapper (automake LOG_COMPILER): integration tests get two
 # throwaway PostgreSQL servers (A, and B for targets that must not share a
-# cluster with the others) unless PGFAN_TEST_CONNINFO names a server, which
-# then serves as both.  Servers are always stopped afterwards, also on
+# cluster with the others; B has no prepared transactions) unless
+# PGFAN_TEST_CONNINFO names a server (and PGFAN_TEST_CONNINFO_B another).  Servers are always stopped afterwards, also on
 # failure or interruption.
 set -u
 test_program=$1
@@ -14,6 +14,7 @@ esac
 if [ -n "${PGFAN_TEST_CONNINFO:-}" ]; then
     exec "$test_program" "$@"
 fi
+# Each program gets its own servers: test programs may run in parallel.
 here=$(cd "$(dirname "$0")" && pwd)
 dir=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-test.XXXXXX")
 dir_b=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-test-b.XXXXXX")
@@ -24,7 +25,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 conninfo=$(sh "$here/pg-harness.sh" start "$dir") &&
-    conninfo_b=$(sh "$here/pg-harness.sh" start "$dir_b") || {
+    conninfo_b=$(PGFAN_PG_OPTIONS="-c max_prepared_transactions=0" \
+        sh "$here/pg-harness.sh" start "$dir_b") || {
     echo "run-test: could not start PostgreSQL servers for $test_program" >&2
     exit 1
 }

@@ -8,5 +8,6 @@ Suite *ring_suite(void);
 Suite *rowscan_suite(void);
 Suite *copysql_suite(void);
 Suite *api_suite(void);
+Suite *cli_unit_suite(void);
 
 #endif

@@ -1,0 +1,117 @@
+#include "conninfo.h"
+
+#include <ctype.h>
+#include <string.h>
+
+typedef struct sink {
+    char *out;
+    size_t len, used;
+    int overflow;
+} sink;
+
+static void put(sink *s, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s->used + 1 < s->len)
+            s->out[s->used++] = p[i];
+        else
+            s->overflow = 1;
+    }
+    if (s->len)
+        s->out[s->used] = '\0';
+}
+
+static int is_uri(const char *c)
+{
+    return strncmp(c, "postgresql://", 13) == 0 || strncmp(c, "postgres://", 11) == 0;
+}
+
+/* postgres://user:secret@host/db?password=secret&... */
+static void mask_uri(const char *c, sink *s)
+{
+    const char *scheme_end = strstr(c, "://") + 3;
+    const char *auth_end = scheme_end + strcspn(scheme_end, "/?");
+    const char *at = NULL;
+    for (const char *p = scheme_end; p < auth_end; p++)
+        if (*p == '@')
+            at = p; /* the last '@' ends the user info */
+    put(s, c, (size_t)(scheme_end - c));
+    const char *p = scheme_end;
+    if (at) {
+        const char *colon = memchr(scheme_end, ':', (size_t)(at - scheme_end));
+        if (colon) {
+            put(s, scheme_end, (size_t)(colon - scheme_end) + 1);
+            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+            p = at;
+        }
+    }
+    while (*p) {
+        /* query parameters: ...[?&]password=value */
+        if ((*p == '?' || *p == '&') && strncmp(p + 1, "password=", 9) == 0) {
+            put(s, p, 10);
+            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+            p += 10;
+            p += strcspn(p, "&#");
+            continue;
+        }
+        put(s, p, 1);
+        p++;
+    }
+}
+
+/* keyword = value pairs; values may be single-quoted with \' and \\ escapes. */
+static void mask_pairs(const char *c, sink *s)
+{
+    const char *p = c;
+    while (*p) {
+        const char *start = p;
+        while (isspace((unsigned char)*p))
+            p++;
+        const char *key = p;
+        while (*p && *p != '=' && !isspace((unsigned char)*p))
+            p++;
+        size_t keylen = (size_t)(p - key);
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p != '=') { /* malformed: copy the rest as is, minus nothing secret */
+            put(s, start, strlen(start));
+            return;
+        }
+        p++;
+        while (isspace((unsigned char)*p))
+            p++;
+        const char *value = p;
+        if (*p == '\'') {
+            p++;
+            while (*p && *p != '\'') {
+                if (*p == '\\' && p[1])
+                    p++;
+                p++;
+            }
+            if (*p == '\'')
+                p++;
+        } else {
+            while (*p && !isspace((unsigned char)*p))
+                p++;
+        }
+        put(s, start, (size_t)(value - start));
+        if (keylen == 8 && strncmp(key, "password", 8) == 0)
+            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+        else
+            put(s, value, (size_t)(p - value));
+    }
+}
+
+int mask_conninfo(const char *conninfo, char *out, size_t outlen)
+{
+    sink s = {out, outlen, 0, 0};
+    if (outlen)
+        out[0] = '\0';
+    if (!conninfo)
+        return 0;
+    if (is_uri(conninfo))
+        mask_uri(conninfo, &s);
+    else
+        mask_pairs(conninfo, &s);
+    return s.overflow ? -1 : 0;
+}

@@ -1,0 +1,283 @@
+#include "options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char cli_usage[] =
+    "Usage: pgfan --source CONNINFO --target CONNINFO [--target CONNINFO ...]\n"
+    "             (--table [SCHEMA.]NAME | --query 'SELECT ...' | --copy-out 'COPY ... "
+    "TO STDOUT')\n"
+    "             [--into [SCHEMA.]NAME | --copy-in 'COPY ... FROM STDIN'] [--columns "
+    "a,b,c]\n"
+    "             [OPTIONS]\n"
+    "\n"
+    "Read a table or query once from the source and load it into every target,\n"
+    "each target in its own transaction.\n"
+    "\n"
+    "Connections (any libpq connection string or URI; PG* variables, .pgpass\n"
+    "and service files apply as in psql):\n"
+    "  -s, --source CONNINFO       where to read from\n"
+    "  -t, --target CONNINFO       where to write to (repeat for each target)\n"
+    "What to copy:\n"
+    "      --table [SCHEMA.]NAME   a whole table, into the same-named table on every "
+    "target\n"
+    "      --query 'SELECT ...'    the result of a query (needs --into or --copy-in)\n"
+    "      --copy-out 'COPY ...'   a COPY ... TO STDOUT statement, used as given\n"
+    "      --into [SCHEMA.]NAME    the target table, when its name differs\n"
+    "      --copy-in 'COPY ...'    a COPY ... FROM STDIN statement run on every target\n"
+    "      --columns a,b,c         copy only these columns\n"
+    "How:\n"
+    "      --format FORMAT         auto (default: binary when every column type matches\n"
+    "                              on all sides, else text), text, csv or binary\n"
+    "      --on-fault POLICY       abort (default: any fault rolls back every target)\n"
+    "                              or drop (faulted targets roll back, the others "
+    "commit)\n"
+    "      --atomic                two-phase commit: all targets commit, or none\n"
+    "      --truncate              truncate each target table first (same transaction),\n"
+    "                              then load with COPY FREEZE\n"
+    "      --stall-timeout SECONDS a target holding everyone back this long is faulted\n"
+    "                              (default: wait)\n"
+    "      --ring-slots N          slots in the ring buffer (power of two, default 64)\n"
+    "      --chunk-size BYTES      bytes per slot (default 131072)\n"
+    "Output:\n"
+    "      --progress              progress on stderr even when it is not a terminal\n"
+    "      --no-progress           no progress display\n"
+    "      --report FILE|-         write a JSON report to FILE, or to stdout with -\n"
+    "  -q, --quiet                 print nothing but errors\n"
+    "  -V, --version               print the version and exit\n"
+    "  -h, --help                  print this help and exit\n"
+    "\n"
+    "Exit status: 0 every target committed; 1 the copy failed and no target\n"
+    "committed; 2 usage error or an error found before any data moved;\n"
+    "3 some targets committed and some did not; 130 interrupted.\n";
+
+enum {
+    OPT_TABLE = 256,
+    OPT_QUERY,
+    OPT_COPY_OUT,
+    OPT_INTO,
+    OPT_COPY_IN,
+    OPT_COLUMNS,
+    OPT_FORMAT,
+    OPT_ON_FAULT,
+    OPT_ATOMIC,
+    OPT_TRUNCATE,
+    OPT_STALL,
+    OPT_SLOTS,
+    OPT_CHUNK,
+    OPT_PROGRESS,
+    OPT_NO_PROGRESS,
+    OPT_REPORT
+};
+
+static const struct option long_options[] = {
+    {"source", required_argument, NULL, 's'},
+    {"target", required_argument, NULL, 't'},
+    {"table", required_argument, NULL, OPT_TABLE},
+    {"query", required_argument, NULL, OPT_QUERY},
+    {"copy-out", required_argument, NULL, OPT_COPY_OUT},
+    {"into", required_argument, NULL, OPT_INTO},
+    {"copy-in", required_argument, NULL, OPT_COPY_IN},
+    {"columns", required_argument, NULL, OPT_COLUMNS},
+    {"format", required_argument, NULL, OPT_FORMAT},
+    {"on-fault", required_argument, NULL, OPT_ON_FAULT},
+    {"atomic", no_argument, NULL, OPT_ATOMIC},
+    {"truncate", no_argument, NULL, OPT_TRUNCATE},
+    {"stall-timeout", required_argument, NULL, OPT_STALL},
+    {"ring-slots", required_argument, NULL, OPT_SLOTS},
+    {"chunk-size", required_argument, NULL, OPT_CHUNK},
+    {"progress", no_argument, NULL, OPT_PROGRESS},
+    {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"report", required_argument, NULL, OPT_REPORT},
+    {"quiet", no_argument, NULL, 'q'},
+    {"version", no_argument, NULL, 'V'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0}};
+
+#define FAIL(...)                                                                        \
+    do {                                                                                 \
+        snprintf(err, errlen, __VA_ARGS__);                                              \
+        return -1;                                                                       \
+    } while (0)
+
+static int parse_count(const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v == 0 || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_seconds(const char *s, unsigned int *ms)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0.0) || v > 86400.0 * 7)
+        return -1;
+    *ms = (unsigned int)(v * 1000.0 + 0.5);
+    if (v > 0 && *ms == 0)
+        *ms = 1;
+    return 0;
+}
+
+static int set_source(cli_options *o, source_kind kind, const char *value, char *err,
+                      size_t errlen)
+{
+    if (o->kind != SOURCE_NONE)
+        FAIL("give only one of --table, --query and --copy-out");
+    if (!*value)
+        FAIL("an empty --table, --query or --copy-out");
+    o->kind = kind;
+    if (kind == SOURCE_TABLE)
+        o->table = value;
+    else if (kind == SOURCE_QUERY)
+        o->query = value;
+    else
+        o->copy_out = value;
+    return 0;
+}
+
+static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t errlen)
+{
+    unsigned long long n;
+    switch (c) {
+    case 's':
+        if (o->source)
+            FAIL("--source given twice");
+        o->source = arg;
+        return 0;
+    case 't':
+        if (o->ntargets == MAX_TARGETS)
+            FAIL("at most %d targets", MAX_TARGETS);
+        o->targets[o->ntargets++] = arg;
+        return 0;
+    case OPT_TABLE:
+        return set_source(o, SOURCE_TABLE, arg, err, errlen);
+    case OPT_QUERY:
+        return set_source(o, SOURCE_QUERY, arg, err, errlen);
+    case OPT_COPY_OUT:
+        return set_source(o, SOURCE_COPY, arg, err, errlen);
+    case OPT_INTO:
+        o->into = arg;
+        return 0;
+    case OPT_COPY_IN:
+        o->copy_in = arg;
+        return 0;
+    case OPT_COLUMNS:
+        o->columns = arg;
+        return 0;
+    case OPT_FORMAT:
+        if (strcmp(arg, "auto") == 0)
+            o->format = FORMAT_AUTO;
+        else if (strcmp(arg, "text") == 0)
+            o->format = FORMAT_TEXT;
+        else if (strcmp(arg, "csv") == 0)
+            o->format = FORMAT_CSV;
+        else if (strcmp(arg, "binary") == 0)
+            o->format = FORMAT_BINARY;
+        else
+            FAIL("--format must be auto, text, csv or binary, not \"%s\"", arg);
+        return 0;
+    case OPT_ON_FAULT:
+        if (strcmp(arg, "abort") == 0)
+            o->on_fault = PGFAN_POLICY_ABORT;
+        else if (strcmp(arg, "drop") == 0)
+            o->on_fault = PGFAN_POLICY_DROP;
+        else
+            FAIL("--on-fault must be abort or drop, not \"%s\"", arg);
+        return 0;
+    case OPT_ATOMIC:
+        o->atomic = 1;
+        return 0;
+    case OPT_TRUNCATE:
+        o->truncate = 1;
+        return 0;
+    case OPT_STALL:
+        if (parse_seconds(arg, &o->stall_timeout_ms) != 0)
+            FAIL("--stall-timeout takes seconds, not \"%s\"", arg);
+        return 0;
+    case OPT_SLOTS:
+        if (parse_count(arg, 1 << 20, &n) != 0 || (n & (n - 1)) != 0 || n < 2)
+            FAIL("--ring-slots takes a power of two from 2 to 1048576, not \"%s\"", arg);
+        o->ring_slots = (unsigned int)n;
+        return 0;
+    case OPT_CHUNK:
+        if (parse_count(arg, 1ULL << 30, &n) != 0 || n < 4096)
+            FAIL("--chunk-size takes bytes from 4096 to 1073741824, not \"%s\"", arg);
+        o->chunk_size = (size_t)n;
+        return 0;
+    case OPT_PROGRESS:
+        o->progress = 1;
+        return 0;
+    case OPT_NO_PROGRESS:
+        o->progress = 0;
+        return 0;
+    case OPT_REPORT:
+        o->report = arg;
+        return 0;
+    case 'q':
+        o->quiet = 1;
+        return 0;
+    case 'V':
+        o->show_version = 1;
+        return 0;
+    case 'h':
+        o->show_help = 1;
+        return 0;
+    }
+    FAIL("unknown option (see pgfan --help)");
+}
+
+static int check_combination(cli_options *o, char *err, size_t errlen)
+{
+    if (o->show_help || o->show_version)
+        return 0;
+    if (!o->source)
+        FAIL("--source is required");
+    if (o->ntargets == 0)
+        FAIL("at least one --target is required");
+    if (o->kind == SOURCE_NONE)
+        FAIL("one of --table, --query or --copy-out is required");
+    if (o->into && o->copy_in)
+        FAIL("give --into or --copy-in, not both");
+    if (o->kind != SOURCE_TABLE && !o->into && !o->copy_in)
+        FAIL("--query and --copy-out need --into or --copy-in");
+    if (o->truncate && !o->into && o->kind != SOURCE_TABLE)
+        FAIL("--truncate needs a target table (--table or --into)");
+    if (o->columns && (o->copy_in || o->kind != SOURCE_TABLE))
+        FAIL("--columns goes with --table (and not with --copy-in)");
+    if (o->copy_in && o->format != FORMAT_AUTO)
+        FAIL("--format cannot be used with --copy-in (the statement says its format)");
+    return 0;
+}
+
+int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errlen)
+{
+    memset(o, 0, sizeof *o);
+    o->progress = -1;
+    o->on_fault = PGFAN_POLICY_ABORT;
+    optind = 0; /* full re-initialisation (GNU): parse_options may run again */
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":s:t:qVh", long_options, NULL)) != -1) {
+        if (c == '?' || c == ':') {
+            const char *bad = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+            FAIL("%s option: %s (see pgfan --help)",
+                 c == ':' ? "missing value for" : "unknown or incomplete", bad);
+        }
+        if (parse_one(c, optarg, o, err, errlen) != 0)
+            return -1;
+    }
+    if (optind < argc)
+        FAIL("unexpected argument \"%s\" (see pgfan --help)", argv[optind]);
+    return check_combination(o, err, errlen);
+}

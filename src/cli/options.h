@@ -1,0 +1,52 @@
+/* Command-line options of the pgfan command. */
+#ifndef PGFAN_CLI_OPTIONS_H
+#define PGFAN_CLI_OPTIONS_H
+
+#include <stddef.h>
+
+#include <pgfan.h>
+
+#define MAX_TARGETS 64
+
+typedef enum source_kind {
+    SOURCE_NONE,
+    SOURCE_TABLE,
+    SOURCE_QUERY,
+    SOURCE_COPY
+} source_kind;
+typedef enum format_choice {
+    FORMAT_AUTO,
+    FORMAT_TEXT,
+    FORMAT_CSV,
+    FORMAT_BINARY
+} format_choice;
+
+typedef struct cli_options {
+    const char *source;
+    const char *targets[MAX_TARGETS];
+    size_t ntargets;
+    source_kind kind;
+    const char *table, *query, *copy_out;
+    const char *into, *copy_in;
+    const char *columns;
+    format_choice format;
+    pgfan_policy on_fault;
+    int atomic, truncate;
+    unsigned int stall_timeout_ms;
+    unsigned int ring_slots;
+    size_t chunk_size;
+    int progress; /* -1: when stderr is a terminal */
+    const char *report;
+    int quiet, show_version, show_help;
+} cli_options;
+
+/*
+ * Parses argv into `o`.  Returns 0, or -1 with a one-line reason in `err`
+ * (a usage error).  --help and --version set their flags and succeed.
+ */
+int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errlen);
+
+/* The --help text. */
+extern const char cli_usage[];
+
+#endif

@@ -1,0 +1,41 @@
+/* What the pgfan command tells at the end: a summary and a JSON report. */
+#ifndef PGFAN_CLI_REPORT_H
+#define PGFAN_CLI_REPORT_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include <pgfan.h>
+
+typedef enum target_outcome {
+    OUTCOME_PENDING = 0,
+    OUTCOME_COMMITTED,
+    OUTCOME_ROLLED_BACK, /* its COPY was fine, but the copy as a whole failed */
+    OUTCOME_DROPPED,     /* faulted and dropped under --on-fault drop */
+    OUTCOME_FAILED       /* its own COPY or commit failed */
+} target_outcome;
+
+typedef struct target_report {
+    char masked[1024]; /* connection string, password masked */
+    target_outcome outcome;
+    uint64_t rows, bytes;
+    double seconds;
+    char sqlstate[6];
+    char error[PGFAN_MESSAGE_MAX];
+} target_report;
+
+typedef struct run_report {
+    target_report targets[64];
+    size_t ntargets;
+    uint64_t source_rows, bytes;
+    double seconds;
+    pgfan_format format;
+} run_report;
+
+const char *outcome_name(target_outcome o);
+/* Writes the JSON report; returns 0 or -1 (errno set). */
+int write_json_report(FILE *out, const run_report *r);
+/* Human summary, one line per target and a total. */
+void print_summary(FILE *out, const run_report *r);
+
+#endif

@@ -1,0 +1,138 @@
+/* The pgfan command's pure parts: password masking and option parsing. */
+#include <string.h>
+
+#include "../src/cli/conninfo.h"
+#include "../src/cli/options.h"
+#include "suites.h"
+
+static const char *masked(const char *in)
+{
+    static char out[512];
+    ck_assert_int_eq(mask_conninfo(in, out, sizeof out), 0);
+    return out;
+}
+
+START_TEST(masks_keyword_passwords)
+{
+    ck_assert_str_eq(masked("host=db password=s3cret dbname=x"),
+                     "host=db password=******** dbname=x");
+    ck_assert_str_eq(masked("password = 'it\\'s secret' user=u"),
+                     "password = ******** user=u");
+    ck_assert_str_eq(masked("dbname=password host=h"), "dbname=password host=h");
+    ck_assert_str_eq(masked("passwordx=1 password=2"), "passwordx=1 password=********");
+    ck_assert_str_eq(masked(""), "");
+}
+END_TEST
+
+START_TEST(masks_uri_passwords)
+{
+    ck_assert_str_eq(masked("postgresql://u:pw@h:5432/db"),
+                     "postgresql://u:********@h:5432/db");
+    ck_assert_str_eq(masked("postgres://u@h/db?password=pw&sslmode=require"),
+                     "postgres://u@h/db?password=********&sslmode=require");
+    ck_assert_str_eq(masked("postgresql://u:p@ss@h/db"), "postgresql://u:********@h/db");
+    ck_assert_str_eq(masked("postgresql:///db?host=/tmp"), "postgresql:///db?host=/tmp");
+}
+END_TEST
+
+START_TEST(masking_truncates_safely)
+{
+    char small[12];
+    ck_assert_int_eq(mask_conninfo("password=abcdefghijklmnop", small, sizeof small), -1);
+    ck_assert_ptr_null(strstr(small, "abc"));
+    ck_assert_uint_eq(strlen(small), sizeof small - 1);
+}
+END_TEST
+
+static int parse(cli_options *o, char *err, int argc, char **argv)
+{
+    return parse_options(argc, argv, o, err, 256);
+}
+
+START_TEST(parses_a_full_command_line)
+{
+    char *argv[] = {"pgfan",      "-s",
+                    "S",          "-t",
+                    "T1",         "--target",
+                    "T2",         "--table",
+                    "s.t",        "--into",
+                    "u",          "--columns",
+                    "a,b",        "--format",
+                    "binary",     "--on-fault",
+                    "drop",       "--atomic",
+                    "--truncate", "--stall-timeout",
+                    "1.5",        "--ring-slots",
+                    "16",         "--chunk-size",
+                    "65536",      "--no-progress",
+                    "--report",   "-",
+                    "-q"};
+    cli_options o;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, sizeof argv / sizeof *argv, argv), 0);
+    ck_assert_str_eq(o.source, "S");
+    ck_assert_uint_eq(o.ntargets, 2);
+    ck_assert_str_eq(o.targets[1], "T2");
+    ck_assert_int_eq(o.kind, SOURCE_TABLE);
+    ck_assert_str_eq(o.into, "u");
+    ck_assert_int_eq(o.format, FORMAT_BINARY);
+    ck_assert_int_eq(o.on_fault, PGFAN_POLICY_DROP);
+    ck_assert(o.atomic && o.truncate && o.quiet);
+    ck_assert_uint_eq(o.stall_timeout_ms, 1500);
+    ck_assert_uint_eq(o.ring_slots, 16);
+    ck_assert_uint_eq(o.chunk_size, 65536);
+    ck_assert_int_eq(o.progress, 0);
+    ck_assert_str_eq(o.report, "-");
+}
+END_TEST
+
+START_TEST(refuses_bad_command_lines)
+{
+    struct {
+        int argc;
+        char *argv[8];
+        const char *says;
+    } cases[] = {
+        {3, {"pgfan", "--table", "t"}, "--source is required"},
+        {5, {"pgfan", "-s", "S", "--table", "t"}, "at least one --target"},
+        {5, {"pgfan", "-s", "S", "-t", "T"}, "one of --table"},
+        {7, {"pgfan", "-s", "S", "-t", "T", "--query", "select 1"}, "need --into"},
+        {8,
+         {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--ring-slots"},
+         "missing value"},
+        {8, {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--bogus"}, "unknown"},
+        {8,
+         {"pgfan", "-s", "S", "-t", "T", "--table", "t", "extra"},
+         "unexpected argument"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cli_options o;
+        char err[256];
+        ck_assert_int_eq(parse(&o, err, cases[i].argc, cases[i].argv), -1);
+        ck_assert_msg(strstr(err, cases[i].says), "case %zu: %s", i, err);
+    }
+    char *slots[] = {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--ring-slots", "48"};
+    cli_options o;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, 9, slots), -1);
+    ck_assert_ptr_nonnull(strstr(err, "power of two"));
+    char *stall[] = {"pgfan",           "-s", "S", "-t", "T", "--table", "t",
+                     "--stall-timeout", "-1"};
+    ck_assert_int_eq(parse(&o, err, 9, stall), -1);
+    char *both[] = {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--query", "q"};
+    ck_assert_int_eq(parse(&o, err, 9, both), -1);
+    ck_assert_ptr_nonnull(strstr(err, "only one of"));
+}
+END_TEST
+
+Suite *cli_unit_suite(void)
+{
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("parsing");
+    tcase_add_test(tc, masks_keyword_passwords);
+    tcase_add_test(tc, masks_uri_passwords);
+    tcase_add_test(tc, masking_truncates_safely);
+    tcase_add_test(tc, parses_a_full_command_line);
+    tcase_add_test(tc, refuses_bad_command_lines);
+    suite_add_tcase(s, tc);
+    return s;
+}
