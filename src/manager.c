@@ -479,7 +479,8 @@ int pgfan_manager_drop(pgfan_manager *m, size_t index)
 int pgfan_manager_pause(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
-    if (!r || atomic_load(&r->state) != PGFAN_RECEIVER_ACTIVE ||
+    int state = r ? atomic_load(&r->state) : -1;
+    if (!r || (state != PGFAN_RECEIVER_ACTIVE && state != PGFAN_RECEIVER_STARTING) ||
         atomic_load(&r->command) != FAN_CMD_NONE)
         return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
     fan_receiver_command(r, FAN_CMD_PAUSE);
@@ -491,7 +492,8 @@ int pgfan_manager_resume(pgfan_manager *m, size_t index)
     pgfan_receiver *r = steerable(m, index);
     if (!r || atomic_load(&r->command) != FAN_CMD_PAUSE)
         return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
-    /* Not stepped out yet: it is still gating, so resuming cannot fail. */
+    /* Wait until it has stepped out (at its next point holding no slot):
+     * only then may this thread put it back in the gating set. */
     while (atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
            fan_ring_is_gating(&m->ring, index))
         fan_waiter_sleep(&m->wake, NULL, 0, 1);

@@ -555,6 +555,28 @@ static void step_out(pgfan_receiver *r, enum fan_command why)
     }
 }
 
+/*
+ * Back to work after a pause or fault.  The manager re-joins a receiver
+ * that had stepped out, but a RESUME can overtake a PAUSE we were still
+ * acting on: then we re-join ourselves (we hold no slot here), or report
+ * that our data has left the ring.
+ */
+static void resume(pgfan_receiver *r)
+{
+    enum fan_command expect = FAN_CMD_RESUME;
+    if (!atomic_compare_exchange_strong(&r->command, &expect, FAN_CMD_NONE))
+        return; /* overtaken by abort or drop */
+    if (!fan_ring_is_gating(ring_of(r), r->index) &&
+        fan_ring_join(ring_of(r), r->index) != 0) {
+        pgfan_fault f;
+        fan_fault_set(&f, (int)r->index, PGFAN_EGONE,
+                      "%s: paused until its data left the ring", r->label);
+        raise_fault(r, &f);
+        return;
+    }
+    set_state(r, PGFAN_RECEIVER_ACTIVE);
+}
+
 /* While faulted or paused: keep sending what libpq holds, watch the socket,
  * wait for a command. */
 static void idle(pgfan_receiver *r)
@@ -601,10 +623,7 @@ static enum fan_command pump(pgfan_receiver *r)
             continue;
         }
         if (cmd == FAN_CMD_RESUME) {
-            /* The manager re-joined us to the gating set if we had left. */
-            enum fan_command expect = FAN_CMD_RESUME;
-            atomic_compare_exchange_strong(&r->command, &expect, FAN_CMD_NONE);
-            set_state(r, PGFAN_RECEIVER_ACTIVE);
+            resume(r);
             continue;
         }
         if (state != PGFAN_RECEIVER_ACTIVE) {

@@ -1,6 +1,8 @@
 /* The public API without a server: argument checks, codes, versions, and
  * whole copies from an iterator producer into call receivers. */
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,11 +98,14 @@ typedef struct feed {
     long fail_after; /* return an error after this many chunks (-1 never) */
     int endless;     /* never end: for finishing early */
     long calls;
+    atomic_int hold; /* the producer waits while set */
 } feed;
 
 static int feed_next(void *arg, const char **d, size_t *n)
 {
     feed *f = arg;
+    while (atomic_load(&f->hold))
+        sched_yield();
     if (f->fail_after >= 0 && f->calls >= f->fail_after)
         return -5;
     f->calls++;
@@ -373,6 +378,65 @@ START_TEST(abort_from_the_caller_thread)
 }
 END_TEST
 
+START_TEST(pause_and_resume_lose_nothing)
+{
+    size_t len;
+    char *data = make_rows(20000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1, .hold = 1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 2, PGFAN_POLICY_ABORT);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    /* The source holds still, so the paused receiver's data stays. */
+    ck_assert_int_eq(pgfan_manager_pause(m, 1), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_pause(m, 1), PGFAN_ESTATE); /* already pausing */
+    ck_assert_int_eq(pgfan_manager_resume(m, 1), PGFAN_OK);    /* in time */
+    ck_assert_int_eq(pgfan_manager_resume(m, 1), PGFAN_ESTATE);
+    ck_assert_int_eq(pgfan_manager_reconcile(m, 0), PGFAN_ESTATE); /* no fault */
+    ck_assert_int_eq(pgfan_manager_pause(m, 7), PGFAN_EINVAL);
+    atomic_store(&f.hold, 0);
+    pgfan_event ev;
+    do
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+    while (ev.type != PGFAN_EVENT_END);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    for (size_t i = 0; i < 2; i++) {
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        free(c[i].buf);
+    }
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+START_TEST(paused_until_its_data_left_is_dropped_at_finish)
+{
+    size_t len;
+    char *data = make_rows(20000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1}};
+    pgfan_manager *m = make_manager(&f, c, 2, PGFAN_POLICY_DROP);
+    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    ck_assert_int_eq(pgfan_manager_pause(m, 1), PGFAN_OK);
+    pgfan_progress pr;
+    do {
+        pgfan_event ev;
+        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        pgfan_manager_progress(m, &pr);
+    } while (!pr.producer_done);
+    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK); /* the other one completes */
+    pgfan_receiver_result rr;
+    pgfan_manager_receiver(m, 1, &rr);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DROPPED);
+    ck_assert_int_eq(rr.fault.code, PGFAN_EGONE);
+    ck_assert_uint_eq(c[0].len, len);
+    for (size_t i = 0; i < 2; i++)
+        free(c[i].buf);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
 Suite *api_suite(void)
 {
     Suite *s = suite_create("api");
@@ -392,6 +456,8 @@ Suite *api_suite(void)
     tcase_add_test(copies, finishing_before_the_end_is_a_failed_copy);
     tcase_add_test(copies, malformed_binary_from_an_iterator_is_refused);
     tcase_add_test(copies, abort_from_the_caller_thread);
+    tcase_add_test(copies, pause_and_resume_lose_nothing);
+    tcase_add_test(copies, paused_until_its_data_left_is_dropped_at_finish);
     suite_add_tcase(s, copies);
     return s;
 }

@@ -293,9 +293,12 @@ static void collect(run *r, pgfan_manager *m)
             snprintf(t->sqlstate, sizeof t->sqlstate, "%s", f.sqlstate);
             snprintf(t->error, sizeof t->error, "%s", f.message);
         }
+        /* Under --on-fault drop a target that faulted is dropped, whether the
+         * fault came mid-stream or only at CopyDone. */
         if (res.state == PGFAN_RECEIVER_DONE)
             t->outcome = OUTCOME_PENDING; /* decided by the commit */
-        else if (res.state == PGFAN_RECEIVER_DROPPED)
+        else if (res.state == PGFAN_RECEIVER_DROPPED ||
+                 (t->error[0] && r->opt.on_fault == PGFAN_POLICY_DROP))
             t->outcome = OUTCOME_DROPPED;
         else
             t->outcome = t->error[0] ? OUTCOME_FAILED : OUTCOME_ROLLED_BACK;
