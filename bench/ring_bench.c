@@ -11,7 +11,8 @@
  * The producer copies each chunk into a slot and every reader copies it out
  * (as PQputCopyData does), so GB/s counts payload bytes delivered to one
  * reader.  handoff_ns is the ring's cost per slot with empty slots; memcpy_ns
- * the time to copy one chunk; overhead_pct = handoff_ns / memcpy_ns.
+ * the time to copy one chunk out of a ring-sized working set; overhead_pct =
+ * handoff_ns / memcpy_ns.
  */
 #include <pthread.h>
 #include <stdio.h>

@@ -122,16 +122,23 @@ static int wait_readable_until(PGconn *conn, const struct timespec *deadline)
 static int drain_until(PGconn *conn, const struct timespec *deadline)
 {
     char *buf;
-    int n;
-    while ((n = PQgetCopyData(conn, &buf, 1)) != -1) {
+    for (;;) {
+        int n = PQgetCopyData(conn, &buf, 1);
         if (n > 0) {
             PQfreemem(buf);
             continue;
         }
-        if (n == -2 || !PQconsumeInput(conn))
-            return 0; /* broken: nothing left to wait for */
-        if (PQgetCopyData(conn, &buf, 1) == 0 && wait_readable_until(conn, deadline) != 0)
+        if (n == -1)
+            break; /* the COPY ended: its results follow */
+        if (n == -2) {
+            if (PQstatus(conn) == CONNECTION_BAD)
+                return 0; /* broken: nothing left to wait for */
+            break;        /* not in COPY OUT any more: collect what is pending */
+        }
+        if (wait_readable_until(conn, deadline) != 0)
             return -1;
+        if (!PQconsumeInput(conn))
+            return 0;
     }
     for (;;) {
         while (PQisBusy(conn)) {
