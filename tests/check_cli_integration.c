@@ -151,6 +151,14 @@ static void make_tables(const char *name, long rows)
     }
 }
 
+/* Fresh tables for one test: `rows` on the source, empty on the targets. */
+static void new_tables(char table[64], long rows)
+{
+    setup_databases();
+    pgt_name(table, 64, "cli");
+    make_tables(table, rows);
+}
+
 static void drop_tables(const char *name)
 {
     for (int i = 0; i <= NT; i++) {
@@ -202,9 +210,7 @@ START_TEST(copies_to_three_targets_in_every_format)
 {
     static const char *const formats[] = {"text", "csv", "binary", "auto"};
     char table[64], report[] = "/tmp/pgfan-report.XXXXXX";
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 20000);
+    new_tables(table, 20000);
     close(mkstemp(report));
     cli_run r =
         run_cli("--source", conninfo[0], "--target", conninfo[1], "--target", conninfo[2],
@@ -234,9 +240,7 @@ END_TEST
 START_TEST(report_fields_and_auto_falls_back_to_text)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 500);
+    new_tables(table, 500);
     PGconn *t = db(2); /* one target stores `amount` as text: binary would not load */
     pgt_exec(t, "ALTER TABLE %s ALTER amount TYPE text", table);
     PQfinish(t);
@@ -261,9 +265,7 @@ END_TEST
 START_TEST(truncate_replaces_what_the_targets_had)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 3000);
+    new_tables(table, 3000);
     for (int i = 1; i <= NT; i++) {
         PGconn *t = db(i);
         pgt_exec(
@@ -286,9 +288,7 @@ END_TEST
 START_TEST(atomic_commits_everywhere)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 5000);
+    new_tables(table, 5000);
     cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
                         conninfo[3], "--table", table, "--atomic", "--no-progress", NULL);
     ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
@@ -303,9 +303,7 @@ END_TEST
 START_TEST(atomic_fails_everywhere_when_one_target_rejects_a_row)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 5000);
+    new_tables(table, 5000);
     PGconn *t = db(2);
     pgt_exec(t, "ALTER TABLE %s ADD CONSTRAINT reject_4000 CHECK (id <> 4000)", table);
     PQfinish(t);
@@ -326,9 +324,7 @@ END_TEST
 START_TEST(atomic_fails_everywhere_when_one_target_cannot_prepare)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 2000);
+    new_tables(table, 2000);
     /* A deferred constraint trigger fails only at PREPARE, after the COPY
      * succeeded everywhere: the other targets are prepared by then. */
     PGconn *t = db(3);
@@ -363,9 +359,7 @@ START_TEST(atomic_needs_prepared_transactions_up_front)
 {
     /* Server B runs with max_prepared_transactions = 0. */
     char table[64], b[1200];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 100);
+    new_tables(table, 100);
     PGconn *bc = pgt_connect_b();
     char *mpx = pgt_value(bc, "SHOW max_prepared_transactions");
     ck_assert_msg(strcmp(mpx, "0") == 0,
@@ -394,9 +388,7 @@ START_TEST(exit_1_and_3_by_fault_policy)
 {
     char table[64];
     int drop = _i;
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 5000);
+    new_tables(table, 5000);
     PGconn *t = db(1);
     pgt_exec(t, "ALTER TABLE %s ADD CHECK (id <> 2500)", table);
     PQfinish(t);
@@ -425,9 +417,7 @@ END_TEST
 START_TEST(errors_before_any_data_moves_exit_2)
 {
     char table[64], unreachable[200];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 100);
+    new_tables(table, 100);
     PGconn *t = db(3);
     pgt_exec(t, "ALTER TABLE %s DROP COLUMN name", table);
     PQfinish(t);
@@ -484,9 +474,7 @@ END_TEST
 START_TEST(uri_passwords_are_masked)
 {
     char table[64], uri[600];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 100);
+    new_tables(table, 100);
     PQconninfoOption *opts = PQconninfoParse(base, NULL);
     const char *port = "5432", *user = "postgres";
     for (PQconninfoOption *o = opts; o && o->keyword; o++) {
@@ -512,9 +500,7 @@ END_TEST
 START_TEST(sigint_aborts_cleanly)
 {
     char table[64];
-    setup_databases();
-    pgt_name(table, sizeof table, "cli");
-    make_tables(table, 400000);
+    new_tables(table, 400000);
     char *argv[] = {"pgfan",     "-s",       conninfo[0],  "-t",
                     conninfo[1], "-t",       conninfo[2],  "-t",
                     conninfo[3], "--table",  table,        "--format",

@@ -202,42 +202,6 @@ START_TEST(iterator_producer_to_statement_receivers)
 }
 END_TEST
 
-typedef struct buffer {
-    char *data;
-    size_t len, cap;
-} buffer;
-
-static int append(void *arg, const char *d, size_t n)
-{
-    buffer *b = arg;
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2;
-        b->data = realloc(b->data, b->cap);
-    }
-    memcpy(b->data + b->len, d, n);
-    b->len += n;
-    return 0;
-}
-
-/* What plain libpq reads for the same COPY. */
-static buffer direct_copy(PGconn *c, const char *sql)
-{
-    buffer b = {0};
-    PGresult *r = PQexec(c, sql);
-    ck_assert_int_eq(PQresultStatus(r), PGRES_COPY_OUT);
-    PQclear(r);
-    char *row;
-    int n;
-    while ((n = PQgetCopyData(c, &row, 0)) > 0) {
-        append(&b, row, (size_t)n);
-        PQfreemem(row);
-    }
-    r = PQgetResult(c);
-    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
-    PQclear(r);
-    return b;
-}
-
 START_TEST(statement_producer_to_call_receivers)
 {
     const char *format = format_option[_i];
@@ -246,16 +210,16 @@ START_TEST(statement_producer_to_call_receivers)
     pgt_name(src, sizeof src, "src");
     pgt_mixed_table(c, src, 30000);
     snprintf(sql, sizeof sql, "COPY %s TO STDOUT (FORMAT %s)", src, format);
-    buffer want = direct_copy(c, sql);
+    pgt_buffer want = pgt_direct_copy(c, sql);
 
-    buffer got[3] = {{0}};
+    pgt_buffer got[3] = {{0}};
     pgfan_producer *p;
     pgfan_manager *m;
     ck_assert_int_eq(pgfan_producer_new_statement(&p, c, sql), PGFAN_OK);
     ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
     for (size_t i = 0; i < 3; i++) {
         pgfan_receiver *r;
-        ck_assert_int_eq(pgfan_receiver_new_call(&r, append, &got[i]), PGFAN_OK);
+        ck_assert_int_eq(pgfan_receiver_new_call(&r, pgt_buffer_chunk, &got[i]), PGFAN_OK);
         ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
     }
     ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);

@@ -45,41 +45,7 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-typedef struct buffer {
-    char *data;
-    size_t len, cap;
-} buffer;
-
-static void buffer_add(buffer *b, const char *d, size_t n)
-{
-    if (b->len + n > b->cap) {
-        b->cap = (b->len + n) * 2;
-        b->data = realloc(b->data, b->cap);
-    }
-    memcpy(b->data + b->len, d, n);
-    b->len += n;
-}
-
-/* What plain libpq reads for the same COPY. */
-static buffer direct_copy(PGconn *c, const char *sql)
-{
-    buffer b = {0};
-    PGresult *r = PQexec(c, sql);
-    ck_assert_int_eq(PQresultStatus(r), PGRES_COPY_OUT);
-    PQclear(r);
-    char *row;
-    int n;
-    while ((n = PQgetCopyData(c, &row, 0)) > 0) {
-        buffer_add(&b, row, (size_t)n);
-        PQfreemem(row);
-    }
-    r = PQgetResult(c);
-    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
-    PQclear(r);
-    return b;
-}
-
-static void assert_same_bytes(const buffer *got, const buffer *want)
+static void assert_same_bytes(const pgt_buffer *got, const pgt_buffer *want)
 {
     ck_assert_uint_eq(got->len, want->len);
     ck_assert_int_eq(memcmp(got->data, want->data, want->len), 0);
@@ -88,7 +54,7 @@ static void assert_same_bytes(const buffer *got, const buffer *want)
 /* A call receiver that fails once, at chunk `fail_at`, and sleeps
  * `first_sleep_ms` in its first call. */
 typedef struct flaky {
-    buffer got;
+    pgt_buffer got;
     long calls;
     long fail_at;
     int failed;
@@ -104,7 +70,7 @@ static int flaky_chunk(void *arg, const char *d, size_t n)
         f->failed = 1;
         return 7;
     }
-    buffer_add(&f->got, d, n);
+    pgt_buffer_add(&f->got, d, n);
     return 0;
 }
 
@@ -215,7 +181,7 @@ START_TEST(failed_callback_reconciled_within_hold)
 {
     PGconn *c = pgt_connect();
     shared_source(c);
-    buffer want = direct_copy(c, SUBSET_SQL);
+    pgt_buffer want = pgt_direct_copy(c, SUBSET_SQL);
     pgfan_options o = options(PGFAN_POLICY_ABORT, 10000, 0);
     pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
     flaky ok = {.fail_at = -1}, bad = {.fail_at = 3 + _i % 5};
@@ -245,7 +211,7 @@ START_TEST(failed_callback_not_reconciled_is_dropped)
 {
     PGconn *c = pgt_connect();
     shared_source(c);
-    buffer want = direct_copy(c, SUBSET_SQL);
+    pgt_buffer want = pgt_direct_copy(c, SUBSET_SQL);
     pgfan_options o = options(PGFAN_POLICY_DROP, 50, 0);
     pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
     flaky ok = {.fail_at = -1}, bad = {.fail_at = 2 + _i % 5};
@@ -393,7 +359,7 @@ typedef struct gated_rows {
     atomic_int waiting;
     atomic_int released;
     char buf[SLOT_BYTES];
-    buffer all;
+    pgt_buffer all;
 } gated_rows;
 
 static int gated_next(void *arg, const char **data, size_t *len)
@@ -411,7 +377,7 @@ static int gated_next(void *arg, const char **data, size_t *len)
         snprintf(line, sizeof line, "%08ld\t%-54s\n", g->next * 64 + row, "slow-test");
         memcpy(g->buf + row * 64, line, 64);
     }
-    buffer_add(&g->all, g->buf, SLOT_BYTES);
+    pgt_buffer_add(&g->all, g->buf, SLOT_BYTES);
     g->next++;
     *data = g->buf;
     *len = SLOT_BYTES;
@@ -481,17 +447,22 @@ START_TEST(stalled_callback_reconciled_too_late_is_dropped)
 }
 END_TEST
 
+/* Moves target i to server B: a stopped backend may hold cluster-wide locks
+ * (WAL writing) that would stall every target of its cluster. */
+static void isolate_target(fanout *f, size_t i)
+{
+    PQfinish(f->targets[i]);
+    f->targets[i] = pgt_connect_b();
+    pgt_mixed_table(f->targets[i], f->tables[i], 0);
+}
+
 START_TEST(stopped_target_backend_stalls_then_is_dropped)
 {
     PGconn *admin = pgt_connect();
     shared_source(admin);
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
-    /* A stopped backend may hold cluster-wide locks (WAL writing) that would
-     * stall every target of its cluster: the stopped one gets its own. */
-    PQfinish(f.targets[1]);
-    f.targets[1] = pgt_connect_b();
-    pgt_mixed_table(f.targets[1], f.tables[1], 0);
+    isolate_target(&f, 1);
     pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 300);
     pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
     add_statement_receivers(m, &f);
@@ -583,9 +554,7 @@ START_TEST(abort_returns_while_a_target_is_stopped)
     shared_source(admin);
     fanout f;
     fanout_open(&f, SOURCE, 2, "text");
-    PQfinish(f.targets[1]);
-    f.targets[1] = pgt_connect_b();
-    pgt_mixed_table(f.targets[1], f.tables[1], 0);
+    isolate_target(&f, 1);
     PGconn *admin_b = pgt_connect_b();
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
     o.realign_timeout_ms = 300;

@@ -177,3 +177,38 @@ void assert_targets_empty(fanout *f)
     }
     pgt_assert_usable(f->source);
 }
+
+void pgt_buffer_add(pgt_buffer *b, const char *d, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2;
+        b->data = realloc(b->data, b->cap);
+        ck_assert_ptr_nonnull(b->data);
+    }
+    memcpy(b->data + b->len, d, n);
+    b->len += n;
+}
+
+int pgt_buffer_chunk(void *arg, const char *d, size_t n)
+{
+    pgt_buffer_add(arg, d, n);
+    return 0;
+}
+
+pgt_buffer pgt_direct_copy(PGconn *c, const char *sql)
+{
+    pgt_buffer b = {0};
+    PGresult *r = PQexec(c, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COPY_OUT);
+    PQclear(r);
+    char *row;
+    int n;
+    while ((n = PQgetCopyData(c, &row, 0)) > 0) {
+        pgt_buffer_add(&b, row, (size_t)n);
+        PQfreemem(row);
+    }
+    r = PQgetResult(c);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    return b;
+}

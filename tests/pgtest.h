@@ -25,6 +25,18 @@ void pgt_mixed_table(PGconn *c, const char *name, long rows);
 /* An empty table with the same columns as `like`. */
 void pgt_empty_copy(PGconn *c, const char *name, const char *like);
 
+/* A growing byte buffer, e.g. what a call receiver was given. */
+typedef struct pgt_buffer {
+    char *data;
+    size_t len, cap;
+} pgt_buffer;
+
+void pgt_buffer_add(pgt_buffer *b, const char *d, size_t n);
+/* A pgfan_call_fn appending every chunk to the pgt_buffer in `arg`. */
+int pgt_buffer_chunk(void *arg, const char *d, size_t n);
+/* What plain libpq reads for a COPY ... TO STDOUT on `c`. */
+pgt_buffer pgt_direct_copy(PGconn *c, const char *sql);
+
 #define MAX_TARGETS 8
 
 /* A source connection and up to MAX_TARGETS target connections, each target
