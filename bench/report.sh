@@ -85,7 +85,7 @@ machine() {
     echo "  client CPU (about 0.4x the tee pipeline's), which leaves the cores to the"
     echo "  servers but cannot make their parsing faster; the 0.9x wall-time target for"
     echo "  text is not met on this machine."
-    echo "- Binary (\\`--format auto\\` picks it when every column type matches) is the real"
+    echo '- Binary (`--format auto` picks it when every column type matches) is the real'
     echo "  speed-up: the targets ingest it far more cheaply than text."
     echo "- pgfan's memory stays at about 16 MB (the 8 MiB ring plus libpq buffers)"
     echo "  whatever the size of the table."
