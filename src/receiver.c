@@ -301,20 +301,21 @@ static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
         r->label, r->manager->opts.realign_timeout_ms);
 }
 
+static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok);
+
 /*
  * The server left COPY mode on its own: end our side with CopyFail so libpq
- * parses what the server sent, and report the server's own error.
+ * parses what the server sent, and report the server's own error.  Bounded
+ * by realign_timeout_ms like any CopyFail.
  */
 static void collect_server_error(pgfan_receiver *r)
 {
     pgfan_fault f;
-    PQsetnonblocking(r->conn, 0);
-    PQputCopyEnd(r->conn, "pgfan: the server ended the COPY");
-    r->in_copy = 0;
+    int ok;
     fan_fault_set(&f, (int)r->index, PGFAN_ESERVER,
                   "%s: the server ended the COPY without an error message", r->label);
-    fan_drain_results(r->conn, &f, (int)r->index, r->label);
-    PQsetnonblocking(r->conn, 1);
+    end_copy(r, "pgfan: the server ended the COPY", &f, &ok);
+    r->has_deadline = 0; /* the deadline was for this CopyFail only */
     raise_fault(r, &f);
 }
 
@@ -384,7 +385,12 @@ static int flush_all(pgfan_receiver *r, int interruptible)
             return -1;
         short revents;
         sleep_on(r, POLLIN | POLLOUT, -1, &revents);
-        if ((revents & (POLLIN | POLLHUP | POLLERR)) && check_input(r) != 0)
+        if (!(revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        /* While the COPY runs, input means a notice or the server leaving
+         * COPY mode; while we end it, it is the server's answer: keep
+         * reading so neither side blocks, and let the caller collect it. */
+        if (r->in_copy ? check_input(r) != 0 : !PQconsumeInput(r->conn))
             return -1;
     }
 }

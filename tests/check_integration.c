@@ -219,7 +219,8 @@ START_TEST(statement_producer_to_call_receivers)
     ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
     for (size_t i = 0; i < 3; i++) {
         pgfan_receiver *r;
-        ck_assert_int_eq(pgfan_receiver_new_call(&r, pgt_buffer_chunk, &got[i]), PGFAN_OK);
+        ck_assert_int_eq(pgfan_receiver_new_call(&r, pgt_buffer_chunk, &got[i]),
+                         PGFAN_OK);
         ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
     }
     ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
