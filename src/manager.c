@@ -232,6 +232,7 @@ static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
     if (v == FAN_VERDICT_ABORT) {
         m->failure = failure;
         snprintf(m->reason, sizeof m->reason, "%s", reason);
+        /* Release (seq_cst) pairs with the producer's acquire in stopping(). */
         atomic_store(&m->producer->stop, 1);
     }
     for (size_t i = 0; i < m->nreceivers; i++) {

@@ -200,6 +200,7 @@ typedef struct packer {
 
 static int stopping(const pgfan_producer *p)
 {
+    /* Acquire: pairs with the manager's store in give_verdict(). */
     return atomic_load_explicit(&p->stop, memory_order_acquire);
 }
 

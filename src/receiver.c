@@ -651,6 +651,8 @@ static enum fan_command pump(pgfan_receiver *r)
             continue;
         }
         if (ring_state == FAN_RING_ENDED) {
+            /* seq_cst, read by the manager's evaluate() before it gives
+             * the COMMIT verdict: every slot up to the final head is sent. */
             if (!atomic_exchange(&r->drained, 1))
                 fan_manager_poke(r->manager);
             idle(r);
