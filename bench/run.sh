@@ -31,17 +31,23 @@ trap 'exit 130' INT TERM
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+# Starts a server and stores its conninfo in the variable named $1.  The
+# directory is recorded here, not in a $(...) subshell, so the exit trap
+# sees it and stops the server.
 start_server() {
     local d
     d=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-bench.XXXXXX")
     dirs+=("$d")
-    sh tests/pg-harness.sh start "$d"
+    printf -v "$1" '%s' "$(sh tests/pg-harness.sh start "$d")"
 }
 
 say "starting 5 throwaway servers"
-src=$(start_server)
+start_server src
 tgt=()
-for i in 1 2 3 4; do tgt+=("$(start_server)"); done
+for i in 1 2 3 4; do
+    start_server conninfo
+    tgt+=("$conninfo")
+done
 
 ddl="CREATE TABLE bench (id int8, label text, created timestamptz, amount numeric(12,2), ok bool)"
 fill() {
