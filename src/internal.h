@@ -62,6 +62,14 @@ struct pgfan_receiver {
     size_t index;
     struct pgfan_manager *manager;
 
+    /*
+     * state, command, drained and exited are seq_cst.  command: the manager
+     * writes its reason/verdict, then stores the command and kicks the
+     * waiter; the thread loads the command after waking.  state, drained,
+     * exited: the thread stores them after the work they announce (ended_at,
+     * the last slot sent, its last use of conn) and pokes the manager, which
+     * loads them in next().
+     */
     int in_copy;            /* COPY IN running on conn (thread-owned) */
     atomic_int state;       /* pgfan_receiver_state */
     atomic_int command;     /* enum fan_command, from the manager */
@@ -87,6 +95,13 @@ struct pgfan_receiver {
     pthread_t thread;
     int thread_started;
 };
+
+/* DONE, FAILED or DROPPED: the receiver's COPY has ended for good. */
+static inline int fan_state_is_final(int state)
+{
+    return state == PGFAN_RECEIVER_DONE || state == PGFAN_RECEIVER_FAILED ||
+           state == PGFAN_RECEIVER_DROPPED;
+}
 
 enum fan_phase { FAN_PHASE_NEW, FAN_PHASE_STARTED, FAN_PHASE_FINISHED };
 enum fan_verdict { FAN_VERDICT_NONE = 0, FAN_VERDICT_COMMIT, FAN_VERDICT_ABORT };

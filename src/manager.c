@@ -216,12 +216,6 @@ int pgfan_manager_start(pgfan_manager *m)
 
 /* ---- the manager's cycle ---- */
 
-static int is_final(int state)
-{
-    return state == PGFAN_RECEIVER_DONE || state == PGFAN_RECEIVER_FAILED ||
-           state == PGFAN_RECEIVER_DROPPED;
-}
-
 /* Decides the copy's fate once.  Later calls are ignored. */
 static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
                          const char *reason)
@@ -271,7 +265,7 @@ static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
         return;
     }
     pgfan_receiver *r = m->receivers[f->receiver];
-    if (is_final(atomic_load(&r->state)))
+    if (fan_state_is_final(atomic_load(&r->state)))
         return; /* a fault while ending: recorded, nothing to decide */
     if (f->reconcilable && m->opts.fault_hold_ms > 0) {
         fan_deadline(&r->hold_until, m->opts.fault_hold_ms);
@@ -343,7 +337,7 @@ static int take_fault(pgfan_manager *m, pgfan_fault *out)
 static int receiver_live(pgfan_receiver *r)
 {
     int st = atomic_load(&r->state);
-    return !is_final(st) && atomic_load(&r->command) != FAN_CMD_DROP;
+    return !fan_state_is_final(st) && atomic_load(&r->command) != FAN_CMD_DROP;
 }
 
 /* Commits when the producer reached its end and every live receiver has
@@ -432,7 +426,7 @@ static pgfan_receiver *steerable(pgfan_manager *m, size_t index)
         return NULL;
     pgfan_receiver *r = m->receivers[index];
     int cmd = atomic_load(&r->command);
-    if (cmd == FAN_CMD_DROP || is_final(atomic_load(&r->state)))
+    if (cmd == FAN_CMD_DROP || fan_state_is_final(atomic_load(&r->state)))
         return NULL;
     return r;
 }
@@ -638,7 +632,7 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
     out->receivers = m->nreceivers;
     for (size_t i = 0; i < m->nreceivers; i++)
         out->active += m->ring_ready && fan_ring_is_gating((fan_ring *)&m->ring, i) &&
-                       !is_final(atomic_load(&m->receivers[i]->state));
+                       !fan_state_is_final(atomic_load(&m->receivers[i]->state));
     out->seconds = elapsed(m, &m->finished_at);
     return PGFAN_OK;
 }
@@ -656,7 +650,7 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     if (m->ring_ready)
         out->lag = fan_ring_head((fan_ring *)&m->ring) -
                    fan_ring_cursor((fan_ring *)&m->ring, index);
-    out->seconds = elapsed(m, is_final(out->state) ? &r->ended_at : NULL);
+    out->seconds = elapsed(m, fan_state_is_final(out->state) ? &r->ended_at : NULL);
     snprintf(out->label, sizeof out->label, "%s", r->label);
     pthread_mutex_lock((pthread_mutex_t *)&m->lock);
     out->has_fault = r->has_fault;

@@ -153,19 +153,6 @@ int fan_receiver_finish_begin(pgfan_receiver *r, const pgfan_producer *p, pgfan_
     return rc;
 }
 
-/* Blocking realignment, used before the receiver's thread runs. */
-void fan_receiver_realign(pgfan_receiver *r, const char *reason)
-{
-    if (r->kind != FAN_RECEIVER_STATEMENT || !r->in_copy)
-        return;
-    r->in_copy = 0;
-    if (PQstatus(r->conn) == CONNECTION_BAD)
-        return;
-    PQsetnonblocking(r->conn, 0);
-    PQputCopyEnd(r->conn, reason);
-    fan_drain_results(r->conn, NULL, (int)r->index, r->label);
-}
-
 void fan_receiver_command(pgfan_receiver *r, enum fan_command cmd)
 {
     /* seq_cst store, then kick: the thread re-reads commands after waking. */
@@ -185,15 +172,9 @@ static enum fan_command command_of(pgfan_receiver *r)
     return (enum fan_command)atomic_load(&r->command);
 }
 
-static int is_final_state(int s)
-{
-    return s == PGFAN_RECEIVER_DONE || s == PGFAN_RECEIVER_FAILED ||
-           s == PGFAN_RECEIVER_DROPPED;
-}
-
 static void set_state(pgfan_receiver *r, pgfan_receiver_state s)
 {
-    if (is_final_state(s))
+    if (fan_state_is_final(s))
         fan_now(&r->ended_at); /* published by the seq_cst store below */
     atomic_store(&r->state, (int)s);
 }
@@ -690,4 +671,21 @@ void *fan_receiver_main(void *arg)
     atomic_store(&r->exited, 1);
     fan_manager_poke(r->manager);
     return NULL;
+}
+
+/*
+ * Realignment before the receiver's thread runs (a failed start): the same
+ * CopyFail path as the thread's, so it is bounded by realign_timeout_ms too.
+ */
+void fan_receiver_realign(pgfan_receiver *r, const char *reason)
+{
+    if (r->kind != FAN_RECEIVER_STATEMENT || !r->in_copy)
+        return;
+    pgfan_fault f;
+    int ok;
+    PQsetnonblocking(r->conn, 1);
+    if (end_copy(r, reason, &f, &ok) != 0 && past_deadline(r))
+        fan_manager_post_fault(r->manager, &f);
+    r->has_deadline = 0;
+    PQsetnonblocking(r->conn, 0);
 }

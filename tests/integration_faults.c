@@ -177,16 +177,41 @@ static void assert_no_copy_running(void)
 
 /* ---- a call receiver fails at chunk k ---- */
 
+/* The source subset into two call receivers; the second fails once. */
+typedef struct callback_case {
+    PGconn *c;
+    pgt_buffer want;
+    pgfan_manager *m;
+    flaky ok, bad;
+} callback_case;
+
+static void callback_case_open(callback_case *k, pgfan_policy policy, unsigned hold_ms,
+                               long fail_at)
+{
+    k->c = pgt_connect();
+    shared_source(k->c);
+    k->want = pgt_direct_copy(k->c, SUBSET_SQL);
+    pgfan_options o = options(policy, hold_ms, 0);
+    k->m = statement_manager(k->c, SUBSET_SQL, &o);
+    k->ok = (flaky){.fail_at = -1};
+    k->bad = (flaky){.fail_at = fail_at};
+    add_call_receiver(k->m, &k->ok);
+    add_call_receiver(k->m, &k->bad);
+}
+
+static void callback_case_close(callback_case *k)
+{
+    pgfan_manager_free(k->m);
+    pgt_assert_usable(k->c);
+    free(k->want.data), free(k->ok.got.data), free(k->bad.got.data);
+    PQfinish(k->c);
+}
+
 START_TEST(failed_callback_reconciled_within_hold)
 {
-    PGconn *c = pgt_connect();
-    shared_source(c);
-    pgt_buffer want = pgt_direct_copy(c, SUBSET_SQL);
-    pgfan_options o = options(PGFAN_POLICY_ABORT, 10000, 0);
-    pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
-    flaky ok = {.fail_at = -1}, bad = {.fail_at = 3 + _i % 5};
-    add_call_receiver(m, &ok);
-    add_call_receiver(m, &bad);
+    callback_case k;
+    callback_case_open(&k, PGFAN_POLICY_ABORT, 10000, 3 + _i % 5);
+    pgfan_manager *m = k.m;
     ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
     pgfan_fault f = next_fault(m);
     ck_assert_int_eq(f.receiver, 1);
@@ -198,25 +223,17 @@ START_TEST(failed_callback_reconciled_within_hold)
     run_to_end(m);
     ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
     ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DONE);
-    assert_same_bytes(&ok.got, &want); /* every row exactly once */
-    assert_same_bytes(&bad.got, &want);
-    pgfan_manager_free(m);
-    pgt_assert_usable(c);
-    free(want.data), free(ok.got.data), free(bad.got.data);
-    PQfinish(c);
+    assert_same_bytes(&k.ok.got, &k.want); /* every row exactly once */
+    assert_same_bytes(&k.bad.got, &k.want);
+    callback_case_close(&k);
 }
 END_TEST
 
 START_TEST(failed_callback_not_reconciled_is_dropped)
 {
-    PGconn *c = pgt_connect();
-    shared_source(c);
-    pgt_buffer want = pgt_direct_copy(c, SUBSET_SQL);
-    pgfan_options o = options(PGFAN_POLICY_DROP, 50, 0);
-    pgfan_manager *m = statement_manager(c, SUBSET_SQL, &o);
-    flaky ok = {.fail_at = -1}, bad = {.fail_at = 2 + _i % 5};
-    add_call_receiver(m, &ok);
-    add_call_receiver(m, &bad);
+    callback_case k;
+    callback_case_open(&k, PGFAN_POLICY_DROP, 50, 2 + _i % 5);
+    pgfan_manager *m = k.m;
     ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
     ck_assert_int_eq(state_of(m, 0), PGFAN_RECEIVER_DONE);
     ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_DROPPED);
@@ -224,11 +241,8 @@ START_TEST(failed_callback_not_reconciled_is_dropped)
     ck_assert_int_eq(pgfan_manager_fault(m, 0, &f), PGFAN_OK);
     ck_assert_int_eq(f.receiver, 1);
     ck_assert_int_eq(f.code, PGFAN_ECALLBACK);
-    assert_same_bytes(&ok.got, &want);
-    pgfan_manager_free(m);
-    pgt_assert_usable(c);
-    free(want.data), free(ok.got.data), free(bad.got.data);
-    PQfinish(c);
+    assert_same_bytes(&k.ok.got, &k.want);
+    callback_case_close(&k);
 }
 END_TEST
 
