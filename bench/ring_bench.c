@@ -3,7 +3,7 @@
  * against memcpy bandwidth and a plain mutex + condition-variable queue with
  * the same broadcast semantics, all measured in the same run.
  *
- *   ring_bench [SECONDS_PER_CASE]      (default 0.5)
+ *   ring_bench [SECONDS_PER_CASE [CHUNK [READERS]]]   (default 0.5, all)
  *
  * For every chunk size and reader count it prints, tab-separated:
  *   chunk  readers  ring_GBps  ring_ns_per_slot  handoff_ns  memcpy_ns
@@ -87,6 +87,7 @@ static double run_ring(size_t chunk, int readers, uint64_t slots, int copy,
         slot->len = chunk;
         fan_ring_publish(&rc.ring);
     }
+    fan_ring_close(&rc.ring, FAN_RING_ENDED);
     for (int i = 0; i < readers; i++)
         pthread_join(t[i], NULL);
     double elapsed = now() - t0;
@@ -208,6 +209,8 @@ static uint64_t calibrate(double per_slot_s, double seconds)
 int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? atof(argv[1]) : 0.5;
+    size_t only_chunk = argc > 2 ? (size_t)atol(argv[2]) : 0; /* for profiling */
+    int only_readers = argc > 3 ? atoi(argv[3]) : 0;
     static const size_t chunks[] = {4096, 16384, 65536, 131072, 262144, 1048576};
     char *src = malloc(1 << 20);
     memset(src, 'x', 1 << 20);
@@ -215,8 +218,12 @@ int main(int argc, char **argv)
            "overhead_pct\tmutex_GBps\tmutex_ns_per_slot\n");
     for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
         size_t chunk = chunks[c];
+        if (only_chunk && chunk != only_chunk)
+            continue;
         double copy_ns = memcpy_ns(chunk, seconds / 2);
         for (int readers = 1; readers <= MAX_READERS; readers++) {
+            if (only_readers && readers != only_readers)
+                continue;
             double trial = run_ring(chunk, readers, 500, 1, src) / 500;
             uint64_t slots = calibrate(trial, seconds);
             double ring_s = run_ring(chunk, readers, slots, 1, src);

@@ -284,6 +284,7 @@ static int wait_source(packer *k)
     struct pollfd pfd = {.fd = PQsocket(k->p->conn), .events = POLLIN};
     if (stopping(k->p))
         return -1;
+    fan_ring_flush(k->ring);
     fan_waiter_sleep(&k->ring->writer, &pfd, 1, -1);
     return stopping(k->p) ? -1 : 0;
 }
@@ -422,6 +423,7 @@ static int run_iterator(packer *k)
         size_t len = 0;
         if (stopping(p))
             return PGFAN_EABORTED;
+        fan_ring_flush(k->ring); /* the callback may block for long */
         int rc = p->iterate(p->iterate_arg, &data, &len);
         if (rc < 0) {
             fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ECALLBACK,

@@ -28,6 +28,7 @@ int fan_ring_init(fan_ring *r, uint64_t nslots, size_t chunk_bytes, size_t nread
     }
     r->nslots = nslots;
     r->mask = nslots - 1;
+    r->wake_batch = nslots >= 8 ? nslots / 4 : 1;
     r->chunk_bytes = chunk_bytes;
     atomic_init(&r->head, first_seq);
     atomic_init(&r->epoch, 0);
@@ -121,7 +122,10 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms)
         if (space_free(r, 1))
             return 1;
     }
-    fan_waiter_prepare(&r->writer);
+    /* Readers must see what is published, or they would not free space. */
+    fan_ring_flush(r);
+    /* The first cursor that frees wake_batch slots wakes us. */
+    fan_waiter_prepare(&r->writer, r->next - r->nslots + r->wake_batch);
     /* E3: re-check after announcing the sleep. */
     if (space_free(r, 1) || atomic_load(&r->stopped)) {
         fan_waiter_cancel(&r->writer);
@@ -175,15 +179,23 @@ void fan_ring_publish(fan_ring *r)
 {
     r->next++;
     /* E1: release (seq_cst) publishes the slot contents.
-     * E3: seq_cst store before loading the readers' sleeping flags. */
+     * E3: seq_cst store before loading the readers' `want`. */
     atomic_store(&r->head, r->next);
     for (size_t i = 0; i < r->nreaders; i++)
-        fan_waiter_notify(&r->readers[i].waiter);
+        fan_waiter_notify_at(&r->readers[i].waiter, r->next);
+}
+
+void fan_ring_flush(fan_ring *r)
+{
+    /* A reader asleep at cursor c wants c + wake_batch; wake it when c < head.
+     * E3: head was stored seq_cst by publish, in this same thread. */
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_notify_at(&r->readers[i].waiter, r->next + r->wake_batch - 1);
 }
 
 void fan_ring_close(fan_ring *r, int state)
 {
-    /* E3: seq_cst store of the state before the readers' sleeping flags. */
+    /* E3: seq_cst store of the state before the readers' `want`. */
     atomic_store(&r->state, state);
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_notify(&r->readers[i].waiter);
@@ -212,7 +224,7 @@ int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollf
             return 1;
         cpu_relax();
     }
-    fan_waiter_prepare(&rd->waiter);
+    fan_waiter_prepare(&rd->waiter, cursor + r->wake_batch);
     /* E3: seq_cst re-check of head and state after announcing the sleep. */
     if (atomic_load(&r->head) != cursor || atomic_load(&r->state) != FAN_RING_OPEN ||
         atomic_load(&r->stopped)) {
@@ -226,14 +238,14 @@ int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollf
 void fan_ring_release(fan_ring *r, size_t reader, uint64_t cursor)
 {
     /* E2: release (seq_cst) after our last read of the slots below cursor.
-     * E3: seq_cst store before loading the writer's sleeping flag. */
+     * E3: seq_cst store before loading the writer's `want`. */
     atomic_store(&r->readers[reader].cursor, cursor);
-    fan_waiter_notify(&r->writer);
+    fan_waiter_notify_at(&r->writer, cursor);
 }
 
 void fan_ring_leave(fan_ring *r, size_t reader)
 {
-    /* E3: seq_cst store before loading the writer's sleeping flag. */
+    /* E3: seq_cst store before loading the writer's `want`. */
     atomic_store(&r->readers[reader].gating, 0);
     fan_waiter_notify(&r->writer);
 }

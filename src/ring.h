@@ -12,9 +12,17 @@
  *     a reader loads head (acquire), then reads the slot.
  *  E2 release: a reader finishes reading, then stores its cursor (release);
  *     the writer loads cursors (acquire) before reusing a slot.
- *  E3 sleep/wake: the sleeper's seq_cst store of its `sleeping` flag followed
- *     by a seq_cst re-check, against the waker's seq_cst store of head,
- *     cursor or state followed by a seq_cst load of `sleeping` (wake.h).
+ *  E3 sleep/wake: the sleeper's seq_cst store of its `want` followed by a
+ *     seq_cst re-check, against the waker's seq_cst store of head, cursor or
+ *     state followed by a seq_cst load of `want` (wake.h).
+ *
+ * Wake-ups are batched: a sleeping reader asks to be woken when head is
+ * `wake_batch` slots past its cursor, the sleeping writer when a reader's
+ * cursor frees `wake_batch` slots.  So a hand-off costs a system call per
+ * batch, not per slot.  Nobody sleeps forever short of its batch: the
+ * writer wakes every reader with unread slots (fan_ring_flush) before it
+ * goes idle, and every reader eventually releases up to head, which is past
+ * the writer's mark.
  *  E4 join: a reader re-entering the gating set stores `gating`, bumps
  *     `epoch` and loads head, all seq_cst; the writer loads `epoch` seq_cst
  *     before every claim and rescans cursors when it changed.  Either the
@@ -68,6 +76,7 @@ typedef struct fan_ring {
     fan_waiter writer;
     uint64_t nslots;
     uint64_t mask;
+    uint64_t wake_batch; /* slots per wake-up, 1 .. nslots/4 */
     size_t chunk_bytes;
     fan_slot *slots;
     fan_reader *readers;
@@ -95,8 +104,11 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms);
 fan_slot *fan_ring_claim(fan_ring *r);
 /* Makes sure the claimed slot holds `need` bytes.  Returns 0 or -1 (ENOMEM). */
 int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need);
-/* Publishes the claimed slot and wakes sleeping readers. */
+/* Publishes the claimed slot and wakes readers whose batch is complete. */
 void fan_ring_publish(fan_ring *r);
+/* Wakes every sleeping reader that has unread slots; the writer calls it
+ * before it goes idle (waiting for the source, for space, or calling out). */
+void fan_ring_flush(fan_ring *r);
 /* Ends the stream (FAN_RING_ENDED or FAN_RING_FAILED) and wakes every reader. */
 void fan_ring_close(fan_ring *r, int state);
 

@@ -7,7 +7,7 @@
 
 int fan_waiter_init(fan_waiter *w)
 {
-    atomic_init(&w->sleeping, 0);
+    atomic_init(&w->want, 0);
     w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return w->fd < 0 ? -1 : 0;
 }
@@ -19,15 +19,15 @@ void fan_waiter_destroy(fan_waiter *w)
     w->fd = -1;
 }
 
-void fan_waiter_prepare(fan_waiter *w)
+void fan_waiter_prepare(fan_waiter *w, uint64_t want)
 {
     /* seq_cst: pairs with the waker's seq_cst store of the condition. */
-    atomic_store(&w->sleeping, 1);
+    atomic_store(&w->want, want ? want : 1);
 }
 
 void fan_waiter_cancel(fan_waiter *w)
 {
-    atomic_store_explicit(&w->sleeping, 0, memory_order_relaxed);
+    atomic_store_explicit(&w->want, 0, memory_order_relaxed);
 }
 
 static void drain(int fd)
@@ -52,7 +52,7 @@ int fan_waiter_sleep(fan_waiter *w, struct pollfd *extra, int nextra, int timeou
         drain(w->fd);
     for (int i = 0; i < nextra && i < 3; i++)
         extra[i].revents = fds[i + 1].revents;
-    atomic_store_explicit(&w->sleeping, 0, memory_order_relaxed);
+    atomic_store_explicit(&w->want, 0, memory_order_relaxed);
     return rc;
 }
 
@@ -67,6 +67,15 @@ void fan_waiter_notify(fan_waiter *w)
 {
     /* seq_cst: pairs with fan_waiter_prepare(); the exchange makes only one
      * waker pay for the system call. */
-    if (atomic_load(&w->sleeping) && atomic_exchange(&w->sleeping, 0))
+    if (atomic_load(&w->want) && atomic_exchange(&w->want, 0))
+        fan_waiter_kick(w);
+}
+
+void fan_waiter_notify_at(fan_waiter *w, uint64_t value)
+{
+    /* seq_cst load: pairs with fan_waiter_prepare() (E3 in ring.h).  The
+     * difference is taken as signed so free-running counters compare right. */
+    uint64_t want = atomic_load(&w->want);
+    if (want && (int64_t)(value - want) >= 0 && atomic_exchange(&w->want, 0))
         fan_waiter_kick(w);
 }
