@@ -550,7 +550,7 @@ static void step_out(pgfan_receiver *r, enum fan_command why)
  */
 static void resume(pgfan_receiver *r)
 {
-    enum fan_command expect = FAN_CMD_RESUME;
+    int expect = FAN_CMD_RESUME;
     if (!atomic_compare_exchange_strong(&r->command, &expect, FAN_CMD_NONE))
         return; /* overtaken by abort or drop */
     if (!fan_ring_is_gating(ring_of(r), r->index) &&

@@ -12,6 +12,7 @@
 #include "pgtest.h"
 
 Suite *faults_suite(void);
+Suite *soak_suite(void);
 
 static const char *const format_option[] = {"text", "csv", "binary"};
 
@@ -450,6 +451,63 @@ START_TEST(same_connection_twice_is_refused)
 }
 END_TEST
 
+/* ---- TLS ---- */
+
+/* The test server over TCP with sslmode=require (the harness gives it a
+ * self-signed certificate). */
+static PGconn *connect_tls(void)
+{
+    PGconn *plain = pgt_connect();
+    char ci[256];
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%s user=%s dbname=%s sslmode=require",
+             PQport(plain), PQuser(plain), PQdb(plain));
+    PQfinish(plain);
+    PGconn *c = PQconnectdb(ci);
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "sslmode=require: %s", PQerrorMessage(c));
+    ck_assert_int_eq(PQsslInUse(c), 1);
+    return c;
+}
+
+START_TEST(transfer_over_tls)
+{
+    PGconn *admin = pgt_connect();
+    char src[64], dst[2][64]; /* names from pgt_name() are short */
+    pgt_name(src, sizeof src, "tls_src");
+    pgt_mixed_table(admin, src, 20000);
+    PGconn *source = connect_tls(), *targets[2];
+    char copy_in[2][160];
+    const char *copy_in_ptr[2];
+    for (int i = 0; i < 2; i++) {
+        pgt_name(dst[i], sizeof dst[i], "tls_dst");
+        pgt_mixed_table(admin, dst[i], 0);
+        targets[i] = connect_tls();
+        snprintf(copy_in[i], sizeof copy_in[i], "COPY %s FROM STDIN", dst[i]);
+        copy_in_ptr[i] = copy_in[i];
+    }
+    char copy_out[256];
+    snprintf(copy_out, sizeof copy_out, "COPY %s TO STDOUT", src);
+    pgfan_transfer_result res;
+    ck_assert_int_eq(
+        pgfan_transfer(source, copy_out, 2, targets, copy_in_ptr, NULL, &res, NULL),
+        PGFAN_OK);
+    ck_assert_uint_eq(res.rows, 20000);
+    char *want = pgt_checksum(admin, src);
+    for (int i = 0; i < 2; i++) {
+        char *got = pgt_checksum(admin, dst[i]);
+        ck_assert_str_eq(got, want);
+        free(got);
+        ck_assert_int_eq(PQsslInUse(targets[i]), 1);
+        pgt_assert_usable(targets[i]);
+        PQfinish(targets[i]);
+        pgt_exec(admin, "DROP TABLE %s", dst[i]);
+    }
+    free(want);
+    PQfinish(source);
+    pgt_exec(admin, "DROP TABLE %s", src);
+    PQfinish(admin);
+}
+END_TEST
+
 static Suite *integration_suite(void)
 {
     Suite *s = suite_create("integration");
@@ -464,6 +522,9 @@ static Suite *integration_suite(void)
     tcase_add_loop_test(tc, statement_producer_to_call_receivers, 0, 3);
     tcase_add_test(tc, manager_reports_progress);
     suite_add_tcase(s, tc);
+    TCase *tls = tcase_create("tls");
+    tcase_add_test(tls, transfer_over_tls);
+    suite_add_tcase(s, tls);
     TCase *refuse = tcase_create("refusals");
     tcase_set_timeout(refuse, 300);
     tcase_add_test(refuse, non_copy_statements_are_refused);
@@ -481,6 +542,7 @@ int main(void)
 {
     SRunner *sr = srunner_create(integration_suite());
     srunner_add_suite(sr, faults_suite());
+    srunner_add_suite(sr, soak_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

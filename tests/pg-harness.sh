@@ -46,6 +46,15 @@ start() {
         cat "$dir/initdb.log" >&2
         exit 1
     }
+    # TLS with a throwaway self-signed certificate, for sslmode=require tests
+    # (TCP on 127.0.0.1; the Unix socket stays plain).
+    ssl_opts=""
+    if command -v openssl >/dev/null 2>&1 &&
+        as_owner openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -days 2 -subj /CN=localhost -keyout "$dir/data/server.key" \
+            -out "$dir/data/server.crt" >/dev/null 2>&1; then
+        ssl_opts="-c ssl=on"
+    fi
     tries=0
     while :; do
         port=$(( 20000 + ($$ * 7 + tries * 131 + $(date +%N | sed 's/^0*//;s/^$/0/') ) % 30000 ))
@@ -53,7 +62,7 @@ start() {
             "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 \
              -c shared_buffers=128MB -c max_prepared_transactions=20 -c max_wal_size=4GB \
-             -c checkpoint_timeout=30min -c log_min_messages=warning \
+             -c checkpoint_timeout=30min -c log_min_messages=warning $ssl_opts \
              ${PGFAN_PG_OPTIONS:-}" >/dev/null 2>&1; then
             break
         fi

@@ -9,10 +9,11 @@ test_program=$1
 shift
 case "$test_program" in
 *integration*) ;;
-*) exec "$test_program" "$@" ;;
+*) exec ${PGFAN_TEST_WRAPPER:-} "$test_program" "$@" ;;
 esac
+# $PGFAN_TEST_WRAPPER (say, valgrind and its options) runs each program.
 if [ -n "${PGFAN_TEST_CONNINFO:-}" ]; then
-    exec "$test_program" "$@"
+    exec ${PGFAN_TEST_WRAPPER:-} "$test_program" "$@"
 fi
 # Each program gets its own servers: test programs may run in parallel.
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,4 +31,5 @@ conninfo=$(sh "$here/pg-harness.sh" start "$dir") &&
     echo "run-test: could not start PostgreSQL servers for $test_program" >&2
     exit 1
 }
-PGFAN_TEST_CONNINFO=$conninfo PGFAN_TEST_CONNINFO_B=$conninfo_b "$test_program" "$@"
+PGFAN_TEST_CONNINFO=$conninfo PGFAN_TEST_CONNINFO_B=$conninfo_b ${PGFAN_TEST_WRAPPER:-} \
+    "$test_program" "$@"

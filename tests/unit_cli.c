@@ -32,6 +32,11 @@ START_TEST(masks_uri_passwords)
                      "postgres://u@h/db?password=********&sslmode=require");
     ck_assert_str_eq(masked("postgresql://u:p@ss@h/db"), "postgresql://u:********@h/db");
     ck_assert_str_eq(masked("postgresql:///db?host=/tmp"), "postgresql:///db?host=/tmp");
+    /* Found by fuzz/fuzz_cli.c: libpq reads user info past a '?', and
+     * percent-decodes parameter names. */
+    ck_assert_str_eq(masked("postgres://h?u:pw@x"), "postgres://h?u:********@x");
+    ck_assert_str_eq(masked("postgres://h/db?pass%77ord=pw&a=b"),
+                     "postgres://h/db?pass%77ord=********&a=b");
 }
 END_TEST
 

@@ -1,6 +1,7 @@
 #include "conninfo.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct sink {
@@ -26,17 +27,42 @@ static int is_uri(const char *c)
     return strncmp(c, "postgresql://", 13) == 0 || strncmp(c, "postgres://", 11) == 0;
 }
 
-/* postgres://user:secret@host/db?password=secret&... */
+/* True if the percent-encoded URI parameter name [k, end) is "password". */
+static int is_password_key(const char *k, const char *end)
+{
+    static const char want[] = "password";
+    size_t i = 0;
+    while (k < end) {
+        int c = (unsigned char)*k++;
+        if (c == '%' && end - k >= 2 && isxdigit((unsigned char)k[0]) &&
+            isxdigit((unsigned char)k[1])) {
+            char hex[3] = {k[0], k[1], '\0'};
+            c = (int)strtol(hex, NULL, 16);
+            k += 2;
+        }
+        if (i >= sizeof want - 1 || c != want[i++])
+            return 0;
+    }
+    return i == sizeof want - 1;
+}
+
+/*
+ * postgres://user:secret@host/db?password=secret&...  libpq ends the user
+ * info at the first '@' before any '/' (a '?' does not stop it); we mask up
+ * to the last such '@', which covers libpq's password and also one written
+ * with an unencoded '@'.  The query starts at the first '?' after that, its
+ * parameters are split at '&' and their names percent-decoded, as libpq does.
+ */
 static void mask_uri(const char *c, sink *s)
 {
     const char *scheme_end = strstr(c, "://") + 3;
-    const char *auth_end = scheme_end + strcspn(scheme_end, "/?");
+    const char *auth_end = scheme_end + strcspn(scheme_end, "/");
     const char *at = NULL;
-    for (const char *p = scheme_end; p < auth_end; p++)
-        if (*p == '@')
-            at = p; /* the last '@' ends the user info */
-    put(s, c, (size_t)(scheme_end - c));
+    for (const char *q = scheme_end; q < auth_end; q++)
+        if (*q == '@')
+            at = q;
     const char *p = scheme_end;
+    put(s, c, (size_t)(scheme_end - c));
     if (at) {
         const char *colon = memchr(scheme_end, ':', (size_t)(at - scheme_end));
         if (colon) {
@@ -45,17 +71,21 @@ static void mask_uri(const char *c, sink *s)
             p = at;
         }
     }
-    while (*p) {
-        /* query parameters: ...[?&]password=value */
-        if ((*p == '?' || *p == '&') && strncmp(p + 1, "password=", 9) == 0) {
-            put(s, p, 10);
-            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
-            p += 10;
-            p += strcspn(p, "&#");
-            continue;
-        }
+    size_t before_query = strcspn(p, "?");
+    put(s, p, before_query);
+    p += before_query;
+    while (*p) { /* at '?' or '&': one parameter */
         put(s, p, 1);
         p++;
+        size_t len = strcspn(p, "&");
+        const char *eq = memchr(p, '=', len);
+        if (eq && is_password_key(p, eq)) {
+            put(s, p, (size_t)(eq - p) + 1);
+            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+        } else {
+            put(s, p, len);
+        }
+        p += len;
     }
 }
 

@@ -1,0 +1,76 @@
+/*
+ * Fuzzes the pgfan command's argument parsing and password masking.  The
+ * input, split at NUL bytes, is an argv; every argument is also masked as a
+ * connection string.  Whenever libpq finds a password in the original, the
+ * masked string must carry only the mask in its place.
+ */
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "cli/conninfo.h"
+#include "cli/options.h"
+
+/* The password libpq reads from `conninfo`, or NULL; free()d by the caller. */
+static char *password_of(const char *conninfo, int *parsed)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+    char *pw = NULL;
+    PQfreemem(err);
+    *parsed = opts != NULL;
+    if (!opts)
+        return NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, "password") == 0 && o->val && o->val[0])
+            pw = strdup(o->val);
+    PQconninfoFree(opts);
+    return pw;
+}
+
+static void check_mask(const char *conninfo)
+{
+    size_t cap = strlen(conninfo) * 2 + 64;
+    char *out = malloc(cap);
+    char small[8];
+    assert(mask_conninfo(conninfo, out, cap) == 0);
+    assert(strlen(out) < cap);
+    mask_conninfo(conninfo, small, sizeof small);
+    assert(memchr(small, '\0', sizeof small));
+    int parsed, masked_parsed;
+    char *pw = password_of(conninfo, &parsed);
+    if (pw) {
+        char *after = password_of(out, &masked_parsed);
+        assert(masked_parsed);
+        assert(after && strcmp(after, MASKED_PASSWORD) == 0);
+        free(after);
+    }
+    free(pw);
+    free(out);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size)
+{
+    char *buf = malloc(size + 1);
+    memcpy(buf, in, size);
+    buf[size] = '\0';
+    char *argv[34] = {"pgfan"};
+    int argc = 1;
+    for (char *p = buf; p <= buf + size && argc < 33; p += strlen(p) + 1)
+        argv[argc++] = p;
+    argv[argc] = NULL;
+    for (int i = 1; i < argc; i++)
+        check_mask(argv[i]);
+    cli_options o;
+    char err[256];
+    err[0] = '\0';
+    if (parse_options(argc, argv, &o, err, sizeof err) != 0)
+        assert(err[0] != '\0' && memchr(err, '\0', sizeof err));
+    else
+        assert(o.ntargets <= MAX_TARGETS);
+    free(buf);
+    return 0;
+}
