@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # Turns the raw measurements of bench/run.sh into bench/RESULTS.md and
-# bench/throughput.png.  Input lines: strategy n wall user sys maxrss_kb reads
+# bench/throughput.png.  Input lines: strategy n wall user sys maxrss_kb reads busy%
 set -euo pipefail
 raw=$1
 cd "$(dirname "$0")"
 
 # Medians per strategy and n: strategy n wall cpu rss_mb reads
 medians=$(awk '
-    { k = $1 " " $2; n[k]++; w[k, n[k]] = $3; c[k, n[k]] = $4 + $5; r[k, n[k]] = $6 / 1024; reads[k] = $7 }
+    { k = $1 " " $2; n[k]++; w[k, n[k]] = $3; c[k, n[k]] = $4 + $5; r[k, n[k]] = $6 / 1024; reads[k] = $7; b[k, n[k]] = $8 }
     function median(a, k, cnt,   i, j, t, v) {
         for (i = 1; i <= cnt; i++) v[i] = a[k, i]
         for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
         return cnt % 2 ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
     }
-    END { for (k in n) printf "%s %.3f %.3f %.1f %d\n", k, median(w, k, n[k]), median(c, k, n[k]), median(r, k, n[k]), reads[k] }
+    END { for (k in n) printf "%s %.3f %.3f %.1f %d %.0f\n", k, median(w, k, n[k]), median(c, k, n[k]), median(r, k, n[k]), reads[k], median(b, k, n[k]) }
 ' "$raw" | sort -k1,1 -k2,2n)
 
-get() { # strategy n field(3=wall 4=cpu 5=rss)
+get() { # strategy n field(3=wall 4=cpu 5=rss 6=reads 7=busy%)
     awk -v s="$1" -v n="$2" -v f="$3" '$1 == s && $2 == n { print $f }' <<<"$medians"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
@@ -51,15 +51,17 @@ machine() {
     echo "- MB/s = COPY text bytes / wall seconds (the same data volume for every strategy)"
     echo "- CPU = user + sys seconds of every client process (pgfan, or all psql and tee"
     echo "  processes), from wait4 through GNU time; RSS = the largest client process"
+    echo "- cores busy = share of all cores' time not idle during the run (/proc/stat),"
+    echo "  servers and clients together: near 100 % the machine itself is the limit"
     echo
     echo "## Wall time, throughput, client CPU and memory"
     echo
-    echo "| strategy | N | wall s | MB/s | client CPU s | peak RSS MB | source reads |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    echo "| strategy | N | wall s | MB/s | client CPU s | peak RSS MB | source reads | cores busy % |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
     for s in pgfan-text pgfan-auto tee independent sequential; do
         for n in 1 2 3 4; do
             w=$(get $s $n 3)
-            echo "| $(label $s) | $n | $w | $(mbps "$w") | $(get $s $n 4) | $(get $s $n 5) | $(get $s $n 6) |"
+            echo "| $(label $s) | $n | $w | $(mbps "$w") | $(get $s $n 4) | $(get $s $n 5) | $(get $s $n 6) | $(get $s $n 7) |"
         done
     done
     echo
@@ -80,22 +82,29 @@ machine() {
     echo
     echo "- One or two targets: pgfan text is as fast as or faster than every pipeline,"
     echo "  with less client CPU. From three targets on, this 2-core machine runs the"
-    echo "  source and 3-4 target servers on the same cores, and parsing text COPY on the"
-    echo "  targets bounds every strategy: wall times converge. pgfan's lead there is"
-    echo "  client CPU (about 0.4x the tee pipeline's), which leaves the cores to the"
-    echo "  servers but cannot make their parsing faster; the 0.9x wall-time target for"
-    echo "  text is not met on this machine."
+    echo "  source and 3-4 target servers on the same cores: during pgfan text to 3"
+    echo "  targets the cores were $(get pgfan-text 3 7) % busy (tee: $(get tee 3 7) %), so the machine,"
+    echo "  not the client, sets the pace, and parsing text COPY on the targets is most"
+    echo "  of that work. pgfan's lead there is client CPU ($(ratio "$(get pgfan-text 3 4)" "$tc")x the tee"
+    echo "  pipeline's), which leaves the cores to the servers but cannot make their"
+    echo "  parsing faster: the 0.9x wall-time target for text is not met on 2 cores."
     echo '- Binary (`--format auto` picks it when every column type matches) is the real'
     echo "  speed-up: the targets ingest it far more cheaply than text."
     echo "- pgfan's memory stays at about 16 MB (the 8 MiB ring plus libpq buffers)"
     echo "  whatever the size of the table."
-    echo "- The ring's hand-off is a few hundred ns to about 1 us per slot: with as many"
-    echo "  threads as this machine has cores or more, a reader that keeps up sleeps and"
-    echo "  is woken through its eventfd. Against copying one slot out of a ring-sized"
-    echo "  working set that is mostly cache-resident here, that is far above the 1 %"
-    echo "  target except for 1 MiB chunks. In the real data path a receiver spends"
-    echo "  tens of microseconds per 128 KiB slot in PQputCopyData and send(), so the"
-    echo "  hand-off is a small share of it, but the micro-benchmark target is missed."
+    echo "- The ring: a reader or writer that has to wait sleeps on an eventfd, and"
+    echo "  wake-ups are batched (a sleeper is woken once a quarter of the ring is"
+    echo "  ready for it, or when the other side goes idle): with three readers on two"
+    echo "  cores this cut sleeps and wake-ups per benchmark case about fivefold"
+    echo '  (strace -c of `ring_bench 0.3 131072 3`: 15,119 to 2,948 poll calls). What'
+    echo "  remains per slot is the cache-line traffic of handing a slot from one core"
+    echo "  to another (head, cursor) and scheduling when threads outnumber cores:"
+    echo "  hundreds of ns, against 1-2 us to copy a cache-resident 128 KiB slot, so"
+    echo "  the 1 % target is met only by 1 MiB chunks. Publishing head in batches"
+    echo "  would amortise it but delay readers and weaken the overwrite check a"
+    echo "  re-joining reader relies on; we kept per-slot publishing. In the real data"
+    echo "  path a receiver spends tens of microseconds per 128 KiB slot in"
+    echo "  PQputCopyData and send(), so the hand-off is a small share of its time."
     echo
     echo "## The ring alone (bench/ring_bench)"
     echo

@@ -115,15 +115,24 @@ verify() {
     done
 }
 
-# Measures one run: wall, user, sys, maxrss(KB) of the whole client process tree.
+# Busy and total CPU ticks of the whole machine (all processes, all cores).
+cpu_ticks() {
+    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# Measures one run: wall, user, sys, maxrss(KB) of the whole client process
+# tree, and how busy the machine's cores were meanwhile (servers included).
 measure() {
     local strategy=$1 n=$2 i
     for ((i = 0; i < 4; i++)); do psql "${tgt[$i]}" -qX -c "TRUNCATE bench; CHECKPOINT"; done
-    local m
+    local m b0 t0 b1 t1 busy
+    read -r b0 t0 < <(cpu_ticks)
     m=$( { /usr/bin/time -f '%e %U %S %M' bash -c "$(script_for "$strategy" "$n")" 2>&1 >/dev/null; } | tail -1)
+    read -r b1 t1 < <(cpu_ticks)
+    busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", t > 0 ? 100 * b / t : 0 }')
     verify "$n"
-    echo "$strategy $n $m $(reads_for "$strategy" "$n")" >>"$raw"
-    say "$strategy n=$n: $m"
+    echo "$strategy $n $m $(reads_for "$strategy" "$n") $busy" >>"$raw"
+    say "$strategy n=$n: $m, cores ${busy}% busy"
 }
 
 strategies="pgfan-text pgfan-auto tee independent sequential"
