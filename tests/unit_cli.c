@@ -21,6 +21,8 @@ START_TEST(masks_keyword_passwords)
     ck_assert_str_eq(masked("dbname=password host=h"), "dbname=password host=h");
     ck_assert_str_eq(masked("passwordx=1 password=2"), "passwordx=1 password=********");
     ck_assert_str_eq(masked(""), "");
+    /* Found by fuzz/fuzz_cli.c: an escaped space does not end a value. */
+    ck_assert_str_eq(masked("password=a\\ b host=h"), "password=******** host=h");
 }
 END_TEST
 

@@ -47,29 +47,33 @@ static int is_password_key(const char *k, const char *end)
 }
 
 /*
- * postgres://user:secret@host/db?password=secret&...  libpq ends the user
- * info at the first '@' before any '/' (a '?' does not stop it); we mask up
- * to the last such '@', which covers libpq's password and also one written
- * with an unencoded '@'.  The query starts at the first '?' after that, its
- * parameters are split at '&' and their names percent-decoded, as libpq does.
+ * postgres://user:secret@host/db?password=secret&...  Split as libpq does:
+ * the user info ends at the first '@' before any '/' (a '?' does not stop
+ * it), the query starts at the first '?' after it, its parameters are split
+ * at '&' and their names percent-decoded.  A password written with an
+ * unencoded '@' makes libpq read its tail as the host; we hide that tail
+ * too, up to the host part's last '@'.
  */
 static void mask_uri(const char *c, sink *s)
 {
     const char *scheme_end = strstr(c, "://") + 3;
     const char *auth_end = scheme_end + strcspn(scheme_end, "/");
-    const char *at = NULL;
-    for (const char *q = scheme_end; q < auth_end; q++)
-        if (*q == '@')
-            at = q;
+    const char *at = memchr(scheme_end, '@', (size_t)(auth_end - scheme_end));
     const char *p = scheme_end;
     put(s, c, (size_t)(scheme_end - c));
     if (at) {
         const char *colon = memchr(scheme_end, ':', (size_t)(at - scheme_end));
         if (colon) {
+            const char *host = at + 1, *host_end = host + strcspn(host, "/?");
+            for (const char *q = host; q < host_end; q++)
+                if (*q == '@')
+                    at = q;
             put(s, scheme_end, (size_t)(colon - scheme_end) + 1);
             put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
-            p = at;
+        } else {
+            put(s, scheme_end, (size_t)(at - scheme_end));
         }
+        p = at;
     }
     size_t before_query = strcspn(p, "?");
     put(s, p, before_query);
@@ -89,7 +93,8 @@ static void mask_uri(const char *c, sink *s)
     }
 }
 
-/* keyword = value pairs; values may be single-quoted with \' and \\ escapes. */
+/* keyword = value pairs; values may be single-quoted, and a backslash
+ * escapes the next character inside quotes and out (as libpq reads them). */
 static void mask_pairs(const char *c, sink *s)
 {
     const char *p = c;
@@ -121,8 +126,11 @@ static void mask_pairs(const char *c, sink *s)
             if (*p == '\'')
                 p++;
         } else {
-            while (*p && !isspace((unsigned char)*p))
+            while (*p && !isspace((unsigned char)*p)) {
+                if (*p == '\\' && p[1])
+                    p++;
                 p++;
+            }
         }
         put(s, start, (size_t)(value - start));
         if (keylen == 8 && strncmp(key, "password", 8) == 0)
