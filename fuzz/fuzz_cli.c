@@ -42,6 +42,26 @@ static size_t occurrences(const char *s, const char *word)
     return n;
 }
 
+/* `out` with every mask replaced by one byte that `pw` does not contain, so
+ * that a password made of '*' or ':' does not count the mask as a leak. */
+static char *without_masks(const char *out, const char *pw)
+{
+    char sentinel = 1, *copy = strdup(out), *w = copy;
+    size_t mlen = strlen(MASKED_PASSWORD);
+    while (strchr(pw, sentinel) && sentinel < 127)
+        sentinel++;
+    for (const char *r = out; *r;) {
+        if (strncmp(r, MASKED_PASSWORD, mlen) == 0) {
+            *w++ = sentinel;
+            r += mlen;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+    return copy;
+}
+
 static void check_mask(const char *conninfo)
 {
     size_t cap = strlen(conninfo) * 2 + 64;
@@ -57,9 +77,12 @@ static void check_mask(const char *conninfo)
         char *after = password_of(out, &masked_parsed);
         if (masked_parsed)
             assert(!after || strcmp(after, MASKED_PASSWORD) == 0);
-        else
-            assert(occurrences(out, pw) == 0 ||
-                   occurrences(out, pw) < occurrences(conninfo, pw));
+        else {
+            char *bare = without_masks(out, pw);
+            size_t left = occurrences(bare, pw);
+            assert(left == 0 || left < occurrences(conninfo, pw));
+            free(bare);
+        }
         free(after);
     }
     free(pw);
