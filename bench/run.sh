@@ -19,12 +19,12 @@ rows=${1:-${BENCH_ROWS:-2000000}}
 repeat=${BENCH_REPEAT:-3}
 big_rows=${BENCH_BIG_ROWS:-8000000}
 out=bench
-raw=$(mktemp)
+raw=$top/bench/raw.txt # every measurement, kept next to the report
+: >"$raw"
 dirs=()
 
 cleanup() {
     for d in "${dirs[@]}"; do sh tests/pg-harness.sh stop "$d"; done
-    rm -f "$raw"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -129,7 +129,7 @@ measure() {
     read -r b0 t0 < <(cpu_ticks)
     m=$( { /usr/bin/time -f '%e %U %S %M' bash -c "$(script_for "$strategy" "$n")" 2>&1 >/dev/null; } | tail -1)
     read -r b1 t1 < <(cpu_ticks)
-    busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", t > 0 ? 100 * b / t : 0 }')
+    busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
     verify "$n"
     echo "$strategy $n $m $(reads_for "$strategy" "$n") $busy" >>"$raw"
     say "$strategy n=$n: $m, cores ${busy}% busy"
