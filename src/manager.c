@@ -340,6 +340,14 @@ static int receiver_live(pgfan_receiver *r)
     return !fan_state_is_final(st) && atomic_load(&r->command) != FAN_CMD_DROP;
 }
 
+static void post_no_receivers(pgfan_manager *m)
+{
+    pgfan_fault f;
+    fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ENORECEIVERS,
+                  "no receivers: every target failed or was dropped");
+    fan_manager_post_fault(m, &f);
+}
+
 /* Commits when the producer reached its end and every live receiver has
  * everything; fails when nobody is left to receive. */
 static void evaluate(pgfan_manager *m)
@@ -357,10 +365,7 @@ static void evaluate(pgfan_manager *m)
     }
     int ring = fan_ring_state(&m->ring);
     if (live == 0) {
-        pgfan_fault f;
-        fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ENORECEIVERS,
-                      "no receivers: every target failed or was dropped");
-        fan_manager_post_fault(m, &f);
+        post_no_receivers(m);
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
                      "pgfan: no receivers left");
     } else if (ring == FAN_RING_FAILED) {
@@ -527,14 +532,21 @@ static int outcome(pgfan_manager *m)
 {
     if (m->failure != PGFAN_OK)
         return m->failure;
-    size_t done = 0;
+    size_t done = 0, failed = 0;
     for (size_t i = 0; i < m->nreceivers; i++) {
         int st = atomic_load(&m->receivers[i]->state);
-        if (st == PGFAN_RECEIVER_FAILED)
-            return PGFAN_ERECEIVER;
+        failed += st == PGFAN_RECEIVER_FAILED;
         done += st == PGFAN_RECEIVER_DONE;
     }
-    return done > 0 ? PGFAN_OK : PGFAN_ENORECEIVERS;
+    /* Under the drop policy a target whose COPY failed only at its end
+     * counts as dropped: with none done, that is "no receivers", whether
+     * the errors came mid-stream or at CopyDone. */
+    if (done == 0 && (failed == 0 || m->opts.policy == PGFAN_POLICY_DROP)) {
+        if (failed > 0)
+            post_no_receivers(m);
+        return PGFAN_ENORECEIVERS;
+    }
+    return failed > 0 ? PGFAN_ERECEIVER : PGFAN_OK;
 }
 
 int pgfan_manager_finish(pgfan_manager *m)
