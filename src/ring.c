@@ -209,6 +209,9 @@ int fan_ring_state(fan_ring *r)
 
 static int data_ready(fan_ring *r, uint64_t cursor)
 {
+    /* `stopped` is relaxed while spinning: it only makes us return to check
+     * our own flags; the seq_cst re-check before sleeping pairs with
+     * fan_ring_stop()'s store (E3). */
     return fan_ring_head(r) != cursor || fan_ring_state(r) != FAN_RING_OPEN ||
            atomic_load_explicit(&r->stopped, memory_order_relaxed);
 }
@@ -253,6 +256,7 @@ void fan_ring_leave(fan_ring *r, size_t reader)
 int fan_ring_join(fan_ring *r, size_t reader)
 {
     fan_reader *rd = &r->readers[reader];
+    /* Relaxed: only this reader's thread stores its cursor. */
     uint64_t cursor = atomic_load_explicit(&rd->cursor, memory_order_relaxed);
     /* E4: store membership, bump epoch, then load head, all seq_cst. */
     atomic_store(&rd->gating, 1);
@@ -269,6 +273,8 @@ int fan_ring_join(fan_ring *r, size_t reader)
 
 void fan_ring_stop(fan_ring *r)
 {
+    /* E3: seq_cst against the sleepers' re-check; the kicks below also wake
+     * a thread already asleep or about to be. */
     atomic_store(&r->stopped, 1);
     fan_waiter_kick(&r->writer);
     for (size_t i = 0; i < r->nreaders; i++)

@@ -145,6 +145,8 @@ void fan_ring_leave(fan_ring *r, size_t reader);
  * slots it has not read may already have been overwritten (it stays out).
  */
 int fan_ring_join(fan_ring *r, size_t reader);
+/* Relaxed snapshots for the reader's own thread and for progress, lag and
+ * stall reports; no data is read on the strength of them. */
 static inline uint64_t fan_ring_cursor(fan_ring *r, size_t reader)
 {
     return atomic_load_explicit(&r->readers[reader].cursor, memory_order_relaxed);

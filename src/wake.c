@@ -27,6 +27,8 @@ void fan_waiter_prepare(fan_waiter *w, uint64_t want)
 
 void fan_waiter_cancel(fan_waiter *w)
 {
+    /* Relaxed: only the owner stores a nonzero want; a waker that still sees
+     * the old one at worst kicks once more, which costs a spurious wake. */
     atomic_store_explicit(&w->want, 0, memory_order_relaxed);
 }
 
@@ -52,6 +54,7 @@ int fan_waiter_sleep(fan_waiter *w, struct pollfd *extra, int nextra, int timeou
         drain(w->fd);
     for (int i = 0; i < nextra && i < 3; i++)
         extra[i].revents = fds[i + 1].revents;
+    /* Relaxed, as in fan_waiter_cancel(): the next prepare is seq_cst. */
     atomic_store_explicit(&w->want, 0, memory_order_relaxed);
     return rc;
 }

@@ -197,10 +197,7 @@ static void assert_all_targets_empty(const char *table)
 static void assert_no_copy_running(void)
 {
     PGconn *c = db(0);
-    char *n = pgt_value(c, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
-                           "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
-    ck_assert_str_eq(n, "0");
-    free(n);
+    pgt_assert_no_copy_running(c);
     PQfinish(c);
 }
 

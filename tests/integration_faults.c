@@ -167,11 +167,7 @@ static void assert_table_count(PGconn *c, const char *table, const char *want)
 static void assert_no_copy_running(void)
 {
     PGconn *admin = pgt_connect();
-    char *n =
-        pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
-                         "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
-    ck_assert_str_eq(n, "0");
-    free(n);
+    pgt_assert_no_copy_running(admin);
     PQfinish(admin);
 }
 

@@ -127,15 +127,6 @@ typedef struct soak_case {
     int injected, faults;
 } soak_case;
 
-static void check_no_copy_running(PGconn *admin)
-{
-    char *n =
-        pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
-                         "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
-    ck_assert_msg(strcmp(n, "0") == 0, "%s COPY statements still running", n);
-    free(n);
-}
-
 static pgfan_manager *round_manager(soak_case *r)
 {
     pgfan_options o;
@@ -343,9 +334,9 @@ static void soak_round(PGconn *admin, unsigned *seed, const char *want_sum,
     check_outcome(&r, m, rc, want_sum, want_bytes);
     pgfan_manager_free(m);
 
-    check_no_copy_running(admin);
+    pgt_assert_no_copy_running(admin);
     if (r.victim_admin) {
-        check_no_copy_running(r.victim_admin);
+        pgt_assert_no_copy_running(r.victim_admin);
         pgt_exec(r.f.targets[r.victim], "DROP TABLE %s", r.f.tables[r.victim]);
         PQfinish(r.f.targets[r.victim]);
         r.f.targets[r.victim] = pgt_connect();

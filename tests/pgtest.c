@@ -81,6 +81,15 @@ char *pgt_checksum(PGconn *c, const char *table)
         table);
 }
 
+void pgt_assert_no_copy_running(PGconn *admin)
+{
+    char *n =
+        pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle' "
+                         "AND query ILIKE 'copy%%' AND pid <> pg_backend_pid()");
+    ck_assert_msg(strcmp(n, "0") == 0, "%s COPY statements still running", n);
+    free(n);
+}
+
 void pgt_assert_usable(PGconn *c)
 {
     ck_assert_int_eq(PQstatus(c), CONNECTION_OK);

@@ -17,6 +17,8 @@ char *pgt_value(PGconn *c, const char *fmt, ...) __attribute__((format(printf, 2
 char *pgt_checksum(PGconn *c, const char *table);
 /* The connection is idle, outside a transaction, and answers SELECT 1. */
 void pgt_assert_usable(PGconn *c);
+/* No COPY statement of another session is running on the server of `admin`. */
+void pgt_assert_no_copy_running(PGconn *admin);
 /* A table name unique to this test process: prefix_<pid>_<n>. */
 void pgt_name(char *buf, size_t len, const char *prefix);
 /* A source table of `rows` mixed-type rows (int8, text, timestamptz,
