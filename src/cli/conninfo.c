@@ -22,6 +22,15 @@ static void put(sink *s, const char *p, size_t n)
         s->out[s->used] = '\0';
 }
 
+static void put_mask(sink *s, int quoted)
+{
+    if (quoted)
+        put(s, "'", 1);
+    put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+    if (quoted)
+        put(s, "'", 1);
+}
+
 static int is_uri(const char *c)
 {
     return strncmp(c, "postgresql://", 13) == 0 || strncmp(c, "postgres://", 11) == 0;
@@ -69,7 +78,7 @@ static void mask_uri(const char *c, sink *s)
                 if (*q == '@')
                     at = q;
             put(s, scheme_end, (size_t)(colon - scheme_end) + 1);
-            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+            put_mask(s, 0);
         } else {
             put(s, scheme_end, (size_t)(at - scheme_end));
         }
@@ -85,7 +94,7 @@ static void mask_uri(const char *c, sink *s)
         const char *eq = memchr(p, '=', len);
         if (eq && is_password_key(p, eq)) {
             put(s, p, (size_t)(eq - p) + 1);
-            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+            put_mask(s, 0);
         } else {
             put(s, p, len);
         }
@@ -94,7 +103,9 @@ static void mask_uri(const char *c, sink *s)
 }
 
 /* keyword = value pairs; values may be single-quoted, and a backslash
- * escapes the next character inside quotes and out (as libpq reads them). */
+ * escapes the next character inside quotes and out (as libpq reads them).
+ * libpq lets the next keyword follow a closing quote directly, so a quoted
+ * password is masked as a quoted mask. */
 static void mask_pairs(const char *c, sink *s)
 {
     const char *p = c;
@@ -116,7 +127,8 @@ static void mask_pairs(const char *c, sink *s)
         while (isspace((unsigned char)*p))
             p++;
         const char *value = p;
-        if (*p == '\'') {
+        int quoted = *p == '\'';
+        if (quoted) {
             p++;
             while (*p && *p != '\'') {
                 if (*p == '\\' && p[1])
@@ -134,7 +146,7 @@ static void mask_pairs(const char *c, sink *s)
         }
         put(s, start, (size_t)(value - start));
         if (keylen == 8 && strncmp(key, "password", 8) == 0)
-            put(s, MASKED_PASSWORD, strlen(MASKED_PASSWORD));
+            put_mask(s, quoted);
         else
             put(s, value, (size_t)(p - value));
     }
