@@ -278,7 +278,8 @@ PGFAN_EXTERN int pgfan_manager_abort(pgfan_manager *manager, const char *reason)
  * Resumes a faulted or stall-paused receiver from its own cursor: nothing is
  * lost and nothing sent twice.  Only faults marked `reconcilable` can be
  * reconciled, within fault_hold_ms.  Returns PGFAN_EGONE (and the receiver
- * stays out) when slots it has not read were already overwritten, and
+ * stays out) when slots it has not read were already overwritten (or may
+ * be: the producer publishes in batches of ring_slots / 8), and
  * PGFAN_ESTATE when the receiver is not waiting to be reconciled.
  */
 PGFAN_EXTERN int pgfan_manager_reconcile(pgfan_manager *manager, size_t index);

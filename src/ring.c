@@ -3,10 +3,18 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-/* Brief spinning before sleeping: long enough to catch a hand-off that is
- * already in flight, short enough not to take a core from the servers. */
-#define SPIN_ROUNDS 64
+/*
+ * Spinning before sleeping pays while the thread we wait for runs on
+ * another core: a hand-off in flight then arrives within microseconds,
+ * sooner than a sleep and wake-up (system calls and a context switch).
+ * With more ring threads than cores the spinner only takes time from the
+ * thread it waits for, so it gives up soon.  Waits are batched, so even the
+ * long spin costs little CPU next to the servers'.
+ */
+#define SPIN_ROUNDS_OWN_CORES 512
+#define SPIN_ROUNDS_SHARED    64
 
 static inline void cpu_relax(void)
 {
@@ -29,12 +37,17 @@ int fan_ring_init(fan_ring *r, uint64_t nslots, size_t chunk_bytes, size_t nread
     r->nslots = nslots;
     r->mask = nslots - 1;
     r->wake_batch = nslots >= 8 ? nslots / 4 : 1;
+    r->publish_batch = nslots >= 16 ? nslots / 8 : 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    r->spin_rounds = cpus > 0 && nreaders + 1 <= (size_t)cpus ? SPIN_ROUNDS_OWN_CORES
+                                                              : SPIN_ROUNDS_SHARED;
     r->chunk_bytes = chunk_bytes;
     atomic_init(&r->head, first_seq);
     atomic_init(&r->epoch, 0);
     atomic_init(&r->state, FAN_RING_OPEN);
     atomic_init(&r->stopped, 0);
     r->next = first_seq;
+    r->published = first_seq;
     r->cached_min = first_seq;
     r->seen_epoch = 0;
 
@@ -113,11 +126,26 @@ static int space_free(fan_ring *r, int force_scan)
     return s - r->cached_min < r->nslots;
 }
 
+/* Stores head = next if slots were filled since the last store. */
+static void publish_head(fan_ring *r)
+{
+    if (r->published == r->next)
+        return;
+    r->published = r->next;
+    /* E1: release (seq_cst) publishes the contents of every slot < next.
+     * E3: seq_cst store before loading the readers' `want`. */
+    atomic_store(&r->head, r->next);
+    for (size_t i = 0; i < r->nreaders; i++)
+        fan_waiter_notify_at(&r->readers[i].waiter, r->next);
+}
+
 int fan_ring_wait_space(fan_ring *r, int timeout_ms)
 {
     if (space_free(r, 0))
         return 1;
-    for (int i = 0; i < SPIN_ROUNDS; i++) {
+    /* The readers we wait for may be waiting for these slots. */
+    publish_head(r);
+    for (int i = 0; i < r->spin_rounds; i++) {
         cpu_relax();
         if (space_free(r, 1))
             return 1;
@@ -178,23 +206,23 @@ int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need)
 void fan_ring_publish(fan_ring *r)
 {
     r->next++;
-    /* E1: release (seq_cst) publishes the slot contents.
-     * E3: seq_cst store before loading the readers' `want`. */
-    atomic_store(&r->head, r->next);
-    for (size_t i = 0; i < r->nreaders; i++)
-        fan_waiter_notify_at(&r->readers[i].waiter, r->next);
+    if (r->next - r->published >= r->publish_batch)
+        publish_head(r);
 }
 
 void fan_ring_flush(fan_ring *r)
 {
+    publish_head(r);
     /* A reader asleep at cursor c wants c + wake_batch; wake it when c < head.
-     * E3: head was stored seq_cst by publish, in this same thread. */
+     * E3: head was stored seq_cst by publish_head, in this same thread. */
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_notify_at(&r->readers[i].waiter, r->next + r->wake_batch - 1);
 }
 
 void fan_ring_close(fan_ring *r, int state)
 {
+    if (state == FAN_RING_ENDED)
+        publish_head(r); /* E1 for the last slots; readers see ENDED after it */
     /* E3: seq_cst store of the state before the readers' `want`. */
     atomic_store(&r->state, state);
     for (size_t i = 0; i < r->nreaders; i++)
@@ -222,7 +250,7 @@ int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollf
     fan_reader *rd = &r->readers[reader];
     for (int i = 0; i < nextra; i++)
         extra[i].revents = 0;
-    for (int i = 0; i < SPIN_ROUNDS; i++) {
+    for (int i = 0; i < r->spin_rounds; i++) {
         if (data_ready(r, cursor))
             return 1;
         cpu_relax();
@@ -262,9 +290,11 @@ int fan_ring_join(fan_ring *r, size_t reader)
     atomic_store(&rd->gating, 1);
     atomic_fetch_add(&r->epoch, 1);
     uint64_t head = atomic_load(&r->head);
-    /* The writer may be filling slot `head` right now, which overwrites
-     * sequence head - nslots; everything from cursor on must be newer. */
-    if (head - cursor >= r->nslots) {
+    /* A writer that has not seen us may have filled up to publish_batch - 1
+     * slots past head and be filling the next one, which overwrites
+     * sequence head + publish_batch - 1 - nslots; everything from cursor on
+     * must be newer. */
+    if (head - cursor + r->publish_batch > r->nslots) {
         fan_ring_leave(r, reader);
         return -1;
     }

@@ -8,13 +8,18 @@
  * s - cursor < nslots for every reader in the gating set.
  *
  * Memory-ordering edges (every one is named where it is used):
- *  E1 publish: writer fills a slot, then stores head (release);
- *     a reader loads head (acquire), then reads the slot.
+ *  E1 publish: writer fills slots, then stores head (release);
+ *     a reader loads head (acquire), then reads the slots below it.
  *  E2 release: a reader finishes reading, then stores its cursor (release);
  *     the writer loads cursors (acquire) before reusing a slot.
  *  E3 sleep/wake: the sleeper's seq_cst store of its `want` followed by a
  *     seq_cst re-check, against the waker's seq_cst store of head, cursor or
  *     state followed by a seq_cst load of `want` (wake.h).
+ *
+ * Head is stored once per `publish_batch` filled slots, so the head cache
+ * line crosses to the readers once per batch, not once per slot; and
+ * always before the writer goes idle or ends, so a batch never waits on
+ * the next one.
  *
  * Wake-ups are batched: a sleeping reader asks to be woken when head is
  * `wake_batch` slots past its cursor, the sleeping writer when a reader's
@@ -27,7 +32,8 @@
  *     `epoch` and loads head, all seq_cst; the writer loads `epoch` seq_cst
  *     before every claim and rescans cursors when it changed.  Either the
  *     writer sees the reader, or the reader sees a head that tells it
- *     whether its data is still intact.
+ *     whether its data is still intact: a claim the writer made without
+ *     seeing the reader is at most publish_batch - 1 slots past that head.
  *
  * Only a reader's own thread changes its gating membership, and only at a
  * point where it holds no slot, so a slot is never reused under a reader.
@@ -69,14 +75,18 @@ typedef struct fan_ring {
     alignas(FAN_CACHELINE) _Atomic uint64_t epoch;
     atomic_int state;
     atomic_int stopped;
-    /* Writer-private: next sequence to fill and the cached gating minimum. */
+    /* Writer-private: next sequence to fill, the last head stored, and the
+     * cached gating minimum. */
     alignas(FAN_CACHELINE) uint64_t next;
+    uint64_t published;
     uint64_t cached_min;
     uint64_t seen_epoch;
     fan_waiter writer;
     uint64_t nslots;
     uint64_t mask;
-    uint64_t wake_batch; /* slots per wake-up, 1 .. nslots/4 */
+    uint64_t wake_batch;    /* slots per wake-up, 1 .. nslots/4 */
+    uint64_t publish_batch; /* filled slots per head store, 1 .. nslots/8 */
+    int spin_rounds;        /* pauses before a wait sleeps */
     size_t chunk_bytes;
     fan_slot *slots;
     fan_reader *readers;
@@ -104,12 +114,15 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms);
 fan_slot *fan_ring_claim(fan_ring *r);
 /* Makes sure the claimed slot holds `need` bytes.  Returns 0 or -1 (ENOMEM). */
 int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need);
-/* Publishes the claimed slot and wakes readers whose batch is complete. */
+/* Marks the claimed slot filled.  Head moves once publish_batch slots are
+ * filled, waking readers whose batch is complete. */
 void fan_ring_publish(fan_ring *r);
-/* Wakes every sleeping reader that has unread slots; the writer calls it
- * before it goes idle (waiting for the source, for space, or calling out). */
+/* Moves head to every filled slot and wakes every sleeping reader that has
+ * unread slots; the writer calls it before it goes idle (waiting for the
+ * source or for space, or calling out). */
 void fan_ring_flush(fan_ring *r);
-/* Ends the stream (FAN_RING_ENDED or FAN_RING_FAILED) and wakes every reader. */
+/* Ends the stream (FAN_RING_ENDED: head moves to every filled slot first;
+ * or FAN_RING_FAILED) and wakes every reader. */
 void fan_ring_close(fan_ring *r, int state);
 
 /* ---- readers ---- */

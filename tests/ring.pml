@@ -2,8 +2,9 @@
  * A model of the broadcast ring's protocol (src/ring.c, src/wake.c), checked
  * with spin by `make check` (tests/check-ring-model.sh).
  *
- * One writer, two readers, NSLOTS slots, TOTAL slots published, wake-ups
- * batched by BATCH.  Reader 1 may step out of the gating set and back in at
+ * One writer, two readers, NSLOTS slots, TOTAL slots published, head
+ * stored once per PUBLISH filled slots (and before the writer idles or
+ * ends), wake-ups batched by BATCH.  Reader 1 may step out of the gating set and back in at
  * any point where it holds no slot, as a paused or stalled receiver does.
  * Every statement between two labels of C code is one step here; loads and
  * stores of the atomics are separate steps, so spin explores every
@@ -14,6 +15,8 @@
  * What spin proves:
  *  - no reader reads a slot that is not published or is being written
  *    (assertion in read_slot: the slot holds its own sequence number);
+ *  - a reader that stays in reads every slot, the last partial publish
+ *    batch included, before it sees the end;
  *  - no slot is overwritten while a gating reader may still read it
  *    (the value is checked again after the read);
  *  - no lost wake-up: there is no state where everybody sleeps although
@@ -21,8 +24,13 @@
  *    the writer sits idle waiting for its source (`idle` below).
  */
 #define NSLOTS  4
-#define BATCH   2
-#define TOTAL   6
+#ifndef BATCH
+#define BATCH   3
+#endif
+#ifndef PUBLISH
+#define PUBLISH 2
+#endif
+#define TOTAL   5
 #define NREADERS 2
 #define OPEN    0
 #define ENDED   1
@@ -72,6 +80,7 @@ inline notify_writer() {
 /* ---- writer ---- */
 
 byte next = 0;
+byte published = 0;
 byte cached_min = 0;
 byte seen_epoch = 0;
 bool space;
@@ -113,8 +122,24 @@ inline space_free(force) {
     we = 0
 }
 
-/* fan_ring_flush(): wake every reader asleep below head. */
+/* publish_head(): store head = next if slots were filled since. */
+inline publish_head() {
+    if
+    :: published != next ->
+        published = next;
+        head = next;
+        wj = 0;
+        do
+        :: wj < NREADERS -> notify_at_reader(wj, next); wj++
+        :: else -> wj = 0; break
+        od
+    :: else -> skip
+    fi
+}
+
+/* fan_ring_flush(): publish, then wake every reader asleep below head. */
 inline flush() {
+    publish_head();
     wj = 0;
     do
     :: wj < NREADERS -> notify_at_reader(wj, next + BATCH - 1); wj++
@@ -122,14 +147,13 @@ inline flush() {
     od
 }
 
+/* fan_ring_publish(): head moves once PUBLISH slots are filled. */
 inline publish() {
     next++;
-    head = next;
-    wj = 0;
-    do
-    :: wj < NREADERS -> notify_at_reader(wj, next); wj++
-    :: else -> wj = 0; break
-    od
+    if
+    :: next - published >= PUBLISH -> publish_head()
+    :: else -> skip
+    fi
 }
 
 proctype writer()
@@ -157,18 +181,20 @@ proctype writer()
         data[next % NSLOTS] = 255;
         data[next % NSLOTS] = next;
         publish();
-        /* The source may go silent until the readers caught up (the
-         * adversarial case for batched wake-ups): the writer flushes first,
-         * as the producer does before it waits for its source. */
+        /* The source may go silent until the readers have consumed every
+         * filled slot (the adversarial case for batched publishing and
+         * wake-ups): the writer flushes first, as the producer does before
+         * it waits for its source. */
         if
         :: true -> skip
         :: true ->
             flush();
-            (gating[0] == 0 || cursor[0] == head) && (gating[1] == 0 || cursor[1] == head)
+            (gating[0] == 0 || cursor[0] == next) && (gating[1] == 0 || cursor[1] == next)
         fi
     :: else -> break
     od;
-    /* fan_ring_close(ENDED): wakes every reader */
+    /* fan_ring_close(ENDED): publishes, then wakes every reader */
+    publish_head();
     state = ENDED;
     wj = 0;
     do
@@ -202,7 +228,9 @@ proctype reader(byte id; bit may_step_out)
         c++;
         cursor[id] = c;         /* E2: release the slot */
         notify_at_writer(c)
-    :: c == head && state == ENDED && head == c -> break
+    :: c == head && state == ENDED && head == c ->
+        assert(c == TOTAL);     /* the last, partial batch was published */
+        break
     :: c == head && state == OPEN ->
         /* fan_ring_wait_data(): announce, re-check, sleep or cancel */
         want_r[id] = c + BATCH + 1;
@@ -219,7 +247,7 @@ proctype reader(byte id; bit may_step_out)
         epoch++;
         h = head;
         if
-        :: h - c >= NSLOTS ->   /* overwritten: it stays out for good */
+        :: h - c + PUBLISH > NSLOTS -> /* may be overwritten: out for good */
             gating[id] = 0;
             notify_writer();
             break
