@@ -32,6 +32,50 @@ label() {
     esac
 }
 
+# The ring rows (bench/ring_bench columns) where own_cores (field 10) is $1:
+# "min max" of field $2.
+ring_range() {
+    tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" -v f="$2" '
+        $10 == own { if (n++ == 0 || $f < lo) lo = $f; if ($f > hi) hi = $f }
+        END { if (n) print lo, hi; else print "- -" }'
+}
+
+# Which chunk sizes have an overhead (field 7) below 1 % in every row where
+# own_cores is $1, as a phrase.
+ring_chunks_below_1pct() {
+    local kib
+    kib=$(tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" '
+        $10 == own { seen[$1] = 1; if ($7 >= 1) bad[$1] = 1 }
+        END { for (c in seen) if (!(c in bad)) printf "%d\n", c / 1024 }' |
+        sort -n | paste -sd, - | sed 's/,/, /g')
+    if [ -n "$kib" ]; then echo "for chunks of $kib KiB"; else echo "for no chunk size"; fi
+}
+
+ring_findings() {
+    local own shared own_ok shared_ok
+    own=$(ring_range 1 5)
+    shared=$(ring_range 0 5)
+    own_ok=$(ring_chunks_below_1pct 1)
+    shared_ok=$(ring_chunks_below_1pct 0)
+    echo "- The ring: head is stored once per eighth of the ring (8 of 64 slots) and"
+    echo "  whenever the producer is about to wait (for its source or for space) or"
+    echo "  ends; a waiting thread spins briefly (512 pauses when every ring thread"
+    echo "  can have a core of its own, else 64), then sleeps on an eventfd until a"
+    echo "  quarter of the ring is ready for it. With a core per ring thread (here:"
+    echo "  the writer and up to $(( $(nproc) - 1 )) reader(s)) a hand-off costs ${own% *}-${own#* } ns per slot,"
+    echo "  below 1 % of copying the slot $own_ok (the library's default"
+    echo "  chunk is 128 KiB). With more ring threads than cores the cost is the"
+    echo "  scheduler's, ${shared% *}-${shared#* } ns per slot, since a waiting thread must sleep for the"
+    echo "  thread it waits for to run: below 1 % $shared_ok."
+    echo "  Profiling showed where the time went before: storing head for every slot"
+    echo "  made a reader pull the head cache line across cores once per slot (about"
+    echo "  60 ns), and the short spin sent threads to sleep and wake-up (about 300 ns"
+    echo "  per slot) while the other side was a few microseconds from handing over."
+    echo "  In the real data path a receiver spends tens of microseconds per 128 KiB"
+    echo "  slot in PQputCopyData and send(), so the hand-off is a small share of its"
+    echo "  time either way."
+}
+
 machine() {
     echo "- CPU: $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
     echo "- memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; $(psql --version); $(uname -sr)"
@@ -76,6 +120,9 @@ machine() {
     echo "| pgfan auto (binary) wall / tee (text) wall | $(ratio "$(get pgfan-auto 3 3)" "$tw") | at most 0.6 |"
     echo "| pgfan peak RSS, $ROWS rows | $(get pgfan-auto 3 5) MB | at most 32 MB |"
     read -r bw bu bs brss <<<"$BIG"
+    ring128() { tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" '$1 == 131072 && $10 == own { if (n++ == 0 || $7 < lo) lo = $7; if ($7 > hi) hi = $7 } END { print (n ? (lo == hi ? lo : lo "-" hi) : "-") }'; }
+    echo "| ring hand-off / copy of a 128 KiB slot, a core per ring thread | $(ring128 1) % | below 1 % |"
+    echo "| the same, more ring threads than cores | $(ring128 0) % | below 1 % |"
     echo "| pgfan peak RSS, $BIG_ROWS rows ($(awk -v b="$BIG_BYTES" 'BEGIN { printf "%.0f", b / 1e6 }') MB text) | $(awk -v k="$brss" 'BEGIN { printf "%.1f", k / 1024 }') MB (wall $bw s) | at most 32 MB |"
     echo
     echo "## What the numbers show"
@@ -98,22 +145,7 @@ machine() {
     echo "  speed-up: the targets ingest it far more cheaply than text."
     echo "- pgfan's memory stays at about 16 MB (the 8 MiB ring plus libpq buffers)"
     echo "  whatever the size of the table."
-    echo "- The ring: a reader or writer that has to wait sleeps on an eventfd, and"
-    echo "  wake-ups are batched (a sleeper is woken once a quarter of the ring is"
-    echo "  ready for it, or when the other side goes idle): with three readers on two"
-    echo "  cores this cut sleeps and wake-ups per benchmark case about fivefold"
-    echo '  (strace -c of `ring_bench 0.3 131072 3`: 15,119 to 2,948 poll calls). What'
-    echo "  remains per slot is the cache-line traffic of handing a slot from one core"
-    echo "  to another (head, cursor) and scheduling when threads outnumber cores:"
-    best=$(tail -n +2 <<<"$RING" | awk -F'\t' '{ print $7, $1 / 1024, $2 }' | sort -g | head -1)
-    read -r best_pct best_kib best_readers <<<"$best"
-    echo "  hundreds of ns, against 1-2 us to copy a cache-resident 128 KiB slot, so"
-    echo "  the 1 % target is missed: the lowest overhead in this run is $best_pct %"
-    echo "  ($best_kib KiB chunks, $best_readers reader(s)). Publishing head in batches"
-    echo "  would amortise it but delay readers and weaken the overwrite check a"
-    echo "  re-joining reader relies on; we kept per-slot publishing. In the real data"
-    echo "  path a receiver spends tens of microseconds per 128 KiB slot in"
-    echo "  PQputCopyData and send(), so the hand-off is a small share of its time."
+    ring_findings
     echo
     echo "## The ring alone (bench/ring_bench)"
     echo
@@ -121,11 +153,12 @@ machine() {
     echo "a slot, every reader copies it out (as PQputCopyData does). GB/s counts the"
     echo "bytes one reader receives. handoff ns = cost per slot with empty slots;"
     echo "overhead = handoff / memcpy of one chunk (the same machine, the same run)."
+    echo "core per thread: whether the writer and every reader can each have a core."
     echo "The mutex columns are a plain mutex + condition-variable broadcast queue."
     echo
-    echo "| chunk | readers | ring GB/s | ring ns/slot | handoff ns | memcpy ns | overhead % | mutex GB/s | mutex ns/slot |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    tail -n +2 <<<"$RING" | awk -F'\t' '{ printf "| %d | %d | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+    echo "| chunk | readers | core per thread | ring GB/s | ring ns/slot | handoff ns | memcpy ns | overhead % | mutex GB/s | mutex ns/slot |"
+    echo "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    tail -n +2 <<<"$RING" | awk -F'\t' '{ printf "| %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, ($10 ? "yes" : "no"), $3, $4, $5, $6, $7, $8, $9 }'
     echo
     echo "## Commands"
     echo

@@ -7,18 +7,20 @@
  *
  * For every chunk size and reader count it prints, tab-separated:
  *   chunk  readers  ring_GBps  ring_ns_per_slot  handoff_ns  memcpy_ns
- *   overhead_pct  mutex_GBps  mutex_ns_per_slot
+ *   overhead_pct  mutex_GBps  mutex_ns_per_slot  own_cores
  * The producer copies each chunk into a slot and every reader copies it out
  * (as PQputCopyData does), so GB/s counts payload bytes delivered to one
  * reader.  handoff_ns is the ring's cost per slot with empty slots; memcpy_ns
  * the time to copy one chunk out of a ring-sized working set; overhead_pct =
- * handoff_ns / memcpy_ns.
+ * handoff_ns / memcpy_ns.  own_cores is 1 when the writer and every reader
+ * can each have a core of their own (readers + 1 <= online CPUs).
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ring.h"
 
@@ -214,8 +216,9 @@ int main(int argc, char **argv)
     static const size_t chunks[] = {4096, 16384, 65536, 131072, 262144, 1048576};
     char *src = malloc(1 << 20);
     memset(src, 'x', 1 << 20);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     printf("chunk\treaders\tring_GBps\tring_ns_per_slot\thandoff_ns\tmemcpy_ns\t"
-           "overhead_pct\tmutex_GBps\tmutex_ns_per_slot\n");
+           "overhead_pct\tmutex_GBps\tmutex_ns_per_slot\town_cores\n");
     for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
         size_t chunk = chunks[c];
         if (only_chunk && chunk != only_chunk)
@@ -232,12 +235,12 @@ int main(int argc, char **argv)
             double handoff =
                 run_ring(chunk, readers, empty_slots, 0, src) * 1e9 / (double)empty_slots;
             double mutex_s = run_mutex(chunk, readers, slots, src);
-            printf("%zu\t%d\t%.2f\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.0f\n", chunk, readers,
-                   (double)slots * (double)chunk / ring_s / 1e9,
+            printf("%zu\t%d\t%.2f\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.0f\t%d\n", chunk,
+                   readers, (double)slots * (double)chunk / ring_s / 1e9,
                    ring_s * 1e9 / (double)slots, handoff, copy_ns,
                    100.0 * handoff / copy_ns,
                    (double)slots * (double)chunk / mutex_s / 1e9,
-                   mutex_s * 1e9 / (double)slots);
+                   mutex_s * 1e9 / (double)slots, readers + 1 <= cpus);
             fflush(stdout);
         }
     }
