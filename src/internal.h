@@ -71,6 +71,8 @@ struct pgfan_receiver {
      * loads them in next().
      */
     int in_copy;            /* COPY IN running on conn (thread-owned) */
+    size_t slot_sent;       /* bytes of the slot at the cursor already queued
+                               to libpq (thread-owned; 0 between slots) */
     atomic_int state;       /* pgfan_receiver_state */
     atomic_int command;     /* enum fan_command, from the manager */
     atomic_int drained;     /* consumed the final head of an ended ring */

@@ -23,6 +23,16 @@
 /* How long to wait for the rest of a notice split across reads. */
 #define SPLIT_NOTICE_WAIT_MS 50
 
+/*
+ * The largest CopyData message we send; a slot goes out in pieces of at
+ * most this (COPY data is a byte stream, messages need not end at rows).
+ * The server reads a whole message before it parses any of it, into a
+ * 64 KiB COPY input buffer: bigger messages make it wait longer and copy
+ * more.  Measured against 128 KiB messages (3 targets, text): the servers
+ * used less CPU and the copy finished sooner in 7 of 7 paired runs.
+ */
+#define COPY_MESSAGE_MAX 65536
+
 int pgfan_receiver_new_statement(pgfan_receiver **out, PGconn *conn,
                                  const char *copy_from_sql)
 {
@@ -392,10 +402,17 @@ static int deliver(pgfan_receiver *r, const fan_slot *s)
         }
         return 0;
     }
-    for (;;) {
-        int rc = PQputCopyData(r->conn, s->data, (int)s->len);
-        if (rc == 1)
-            return 0;
+    /* An interrupted slot goes on where it stopped: its first pieces are
+     * queued already.  The slot stays intact meanwhile, as the cursor still
+     * holds it (a receiver that stepped out only comes back if it is). */
+    while (r->slot_sent < s->len) {
+        size_t left = s->len - r->slot_sent;
+        size_t n = left < COPY_MESSAGE_MAX ? left : COPY_MESSAGE_MAX;
+        int rc = PQputCopyData(r->conn, s->data + r->slot_sent, (int)n);
+        if (rc == 1) {
+            r->slot_sent += n;
+            continue;
+        }
         if (rc < 0) {
             conn_fault(r);
             return -1;
@@ -404,6 +421,8 @@ static int deliver(pgfan_receiver *r, const fan_slot *s)
         if ((rc = flush_all(r, 1)) != 0)
             return rc;
     }
+    r->slot_sent = 0;
+    return 0;
 }
 
 static void add_progress(pgfan_receiver *r, const fan_slot *s)
@@ -650,6 +669,7 @@ static enum fan_command pump(pgfan_receiver *r)
 void *fan_receiver_main(void *arg)
 {
     pgfan_receiver *r = arg;
+    r->slot_sent = 0;
     if (r->kind == FAN_RECEIVER_STATEMENT) {
         PQsetnonblocking(r->conn, 1);
         install_notice_counter(r);
