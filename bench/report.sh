@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Turns the raw measurements of bench/run.sh into bench/RESULTS.md and
 # bench/throughput.png.  Input lines: strategy n wall user sys maxrss_kb reads busy%
+# server_cpu_s
 set -euo pipefail
 raw=$1
 cd "$(dirname "$0")"
 
-# Medians per strategy and n: strategy n wall cpu rss_mb reads
+# Medians per strategy and n: strategy n wall cpu rss_mb reads busy% server_cpu
 medians=$(awk '
-    { k = $1 " " $2; n[k]++; w[k, n[k]] = $3; c[k, n[k]] = $4 + $5; r[k, n[k]] = $6 / 1024; reads[k] = $7; b[k, n[k]] = $8 }
+    { k = $1 " " $2; n[k]++; w[k, n[k]] = $3; c[k, n[k]] = $4 + $5; r[k, n[k]] = $6 / 1024; reads[k] = $7; b[k, n[k]] = $8; sv[k, n[k]] = $9 }
     function median(a, k, cnt,   i, j, t, v) {
         for (i = 1; i <= cnt; i++) v[i] = a[k, i]
         for (i = 1; i <= cnt; i++) for (j = i + 1; j <= cnt; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
         return cnt % 2 ? v[(cnt + 1) / 2] : (v[cnt / 2] + v[cnt / 2 + 1]) / 2
     }
-    END { for (k in n) printf "%s %.3f %.3f %.1f %d %.0f\n", k, median(w, k, n[k]), median(c, k, n[k]), median(r, k, n[k]), reads[k], median(b, k, n[k]) }
+    END { for (k in n) printf "%s %.3f %.3f %.1f %d %.0f %.2f\n", k, median(w, k, n[k]), median(c, k, n[k]), median(r, k, n[k]), reads[k], median(b, k, n[k]), median(sv, k, n[k]) }
 ' "$raw" | sort -k1,1 -k2,2n)
 
-get() { # strategy n field(3=wall 4=cpu 5=rss 6=reads 7=busy%)
+get() { # strategy n field(3=wall 4=cpu 5=rss 6=reads 7=busy% 8=server cpu)
     awk -v s="$1" -v n="$2" -v f="$3" '$1 == s && $2 == n { print $f }' <<<"$medians"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
@@ -97,15 +98,19 @@ machine() {
     echo "  processes), from wait4 through GNU time; RSS = the largest client process"
     echo "- cores busy = share of all cores' time not idle during the run (/proc/stat),"
     echo "  servers and clients together: near 100 % the machine itself is the limit"
+    echo "- server CPU = user + sys seconds of the five servers' processes during the run"
+    echo "  (/proc: each postmaster, its live and its exited children)"
+    echo "- every target gets one untimed load first (a fresh cluster's first load also"
+    echo "  creates its WAL files), then each run truncates the targets and checkpoints"
     echo
     echo "## Wall time, throughput, client CPU and memory"
     echo
-    echo "| strategy | N | wall s | MB/s | client CPU s | peak RSS MB | source reads | cores busy % |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| strategy | N | wall s | MB/s | client CPU s | peak RSS MB | source reads | cores busy % | server CPU s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for s in pgfan-text pgfan-auto tee independent sequential; do
         for n in 1 2 3 4; do
             w=$(get $s $n 3)
-            echo "| $(label $s) | $n | $w | $(mbps "$w") | $(get $s $n 4) | $(get $s $n 5) | $(get $s $n 6) | $(get $s $n 7) |"
+            echo "| $(label $s) | $n | $w | $(mbps "$w") | $(get $s $n 4) | $(get $s $n 5) | $(get $s $n 6) | $(get $s $n 7) | $(get $s $n 8) |"
         done
     done
     echo
@@ -133,14 +138,17 @@ machine() {
     echo "  $(get tee 1 3) s and $(get tee 2 3) s, with $(ratio "$(get pgfan-text 2 4)" "$(get tee 2 4)")x its client CPU at two targets. Runs on"
     echo "  this shared machine differ by 10-20 %, so small differences here are noise."
     echo "  From three targets on, this 2-core machine runs the"
-    echo "  source and 3-4 target servers on the same cores: during pgfan text to 3"
-    echo "  targets the cores were $(get pgfan-text 3 7) % busy (tee: $(get tee 3 7) %), so the machine,"
-    echo "  not the client, sets the pace, and parsing text COPY on the targets is most"
-    echo "  of that work. pgfan's lead there comes from its lower client CPU"
-    echo "  ($(ratio "$(get pgfan-text 3 4)" "$tc")x the tee pipeline's), which leaves more of the cores to the"
-    echo "  servers: text wall time $text_ratio x the tee pipeline's, so the 0.9x target is"
-    echo "  $verdict. It sits near the line on this machine, where the servers' parsing"
-    echo "  dominates either way and runs differ by 10-20 %."
+    echo "  source and 3-4 target servers on the same cores. At 3 targets, text, the"
+    echo "  servers used $(get pgfan-text 3 8) s of CPU under pgfan and $(get tee 3 8) s under the tee pipeline,"
+    echo "  the clients $(get pgfan-text 3 4) s and $(get tee 3 4) s; the cores were $(get pgfan-text 3 7) % and $(get tee 3 7) % busy. So the"
+    echo "  servers' parsing of text COPY sets the pace, and pgfan's lead comes from"
+    echo "  its lower client CPU ($(ratio "$(get pgfan-text 3 4)" "$tc")x the tee pipeline's), which leaves more of"
+    echo "  the cores to the servers, and from sending CopyData messages of at most"
+    echo "  64 KiB: a server reads a whole message before it parses any of it, into a"
+    echo "  64 KiB buffer, and with whole 128 KiB slots as messages the servers used"
+    echo "  more CPU and the copy took longer in 7 of 7 paired runs (about 6 %)."
+    echo "  Text wall time is $text_ratio x the tee pipeline's, so the 0.9x target is"
+    echo "  $verdict; runs on this machine differ by 10-20 %."
     echo '- Binary (`--format auto` picks it when every column type matches) is the real'
     echo "  speed-up: the targets ingest it far more cheaply than text."
     echo "- pgfan's memory stays at about 16 MB (the 8 MiB ring plus libpq buffers)"

@@ -69,6 +69,13 @@ pgfan=$top/src/cli/pgfan
 copy_out="COPY bench TO STDOUT"
 copy_in="COPY bench FROM STDIN"
 
+# One untimed load into every target first: a fresh cluster's first large
+# load also creates its WAL segment files, which cost its server about 3 s
+# of CPU more than any later load, and would penalise whichever strategy
+# touched that target first (pgfan at 3 and 4 targets).
+say "warming up the targets"
+for t in "${tgt[@]}"; do psql "$src" -qX -c "$copy_out" | psql "$t" -qX -c "$copy_in"; done
+
 # The command line of each strategy for n targets.
 script_for() {
     local strategy=$1 n=$2 i s=""
@@ -120,19 +127,37 @@ cpu_ticks() {
     awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
 
+# CPU ticks used so far by the five servers: each postmaster, its exited
+# children (backends of finished runs) and its live children.
+server_ticks() {
+    local d pm pids
+    pids=""
+    for d in "${dirs[@]}"; do
+        pm=$(head -1 "$d/data/postmaster.pid")
+        pids+=" $pm $(pgrep -P "$pm" | tr '\n' ' ')"
+    done
+    # shellcheck disable=SC2086
+    for pm in $pids; do cat "/proc/$pm/stat" 2>/dev/null || true; done |
+        awk '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t }'
+}
+
 # Measures one run: wall, user, sys, maxrss(KB) of the whole client process
-# tree, and how busy the machine's cores were meanwhile (servers included).
+# tree, how busy the machine's cores were meanwhile (servers included), and
+# the servers' CPU seconds.
 measure() {
     local strategy=$1 n=$2 i
     for ((i = 0; i < 4; i++)); do psql "${tgt[$i]}" -qX -c "TRUNCATE bench; CHECKPOINT"; done
-    local m b0 t0 b1 t1 busy
+    local m b0 t0 b1 t1 s0 s1 busy server
     read -r b0 t0 < <(cpu_ticks)
+    s0=$(server_ticks)
     m=$( { /usr/bin/time -f '%e %U %S %M' bash -c "$(script_for "$strategy" "$n")" 2>&1 >/dev/null; } | tail -1)
+    s1=$(server_ticks)
     read -r b1 t1 < <(cpu_ticks)
     busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
+    server=$(awk -v d=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", d / hz }')
     verify "$n"
-    echo "$strategy $n $m $(reads_for "$strategy" "$n") $busy" >>"$raw"
-    say "$strategy n=$n: $m, cores ${busy}% busy"
+    echo "$strategy $n $m $(reads_for "$strategy" "$n") $busy $server" >>"$raw"
+    say "$strategy n=$n: $m, cores ${busy}% busy, servers ${server} s CPU"
 }
 
 strategies="pgfan-text pgfan-auto tee independent sequential"
