@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 rows=${1:-${BENCH_ROWS:-2000000}}
-repeat=${BENCH_REPEAT:-3}
+repeat=${BENCH_REPEAT:-5}
 big_rows=${BENCH_BIG_ROWS:-8000000}
 out=bench
 raw=$top/bench/raw.txt # every measurement, kept next to the report
@@ -160,11 +160,16 @@ measure() {
     say "$strategy n=$n: $m, cores ${busy}% busy, servers ${server} s CPU"
 }
 
-strategies="pgfan-text pgfan-auto tee independent sequential"
+# Each round starts the order one strategy later, so that no strategy always
+# follows the same one (what ran before leaves the servers and the page
+# cache in different states).
+strategies=(pgfan-text pgfan-auto tee independent sequential)
 for ((r = 1; r <= repeat; r++)); do
     say "round $r of $repeat"
     for n in 1 2 3 4; do
-        for s in $strategies; do measure "$s" "$n"; done
+        for ((i = 0; i < ${#strategies[@]}; i++)); do
+            measure "${strategies[$(((i + r - 1) % ${#strategies[@]}))]}" "$n"
+        done
     done
 done
 
