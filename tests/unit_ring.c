@@ -20,6 +20,13 @@ static void put(fan_ring *r, uint64_t value)
     fan_ring_publish(r);
 }
 
+/* Puts the values first .. end - 1, one slot each. */
+static void put_range(fan_ring *r, uint64_t first, uint64_t end)
+{
+    for (uint64_t v = first; v < end; v++)
+        put(r, v);
+}
+
 static uint64_t get(fan_ring *r, uint64_t seq)
 {
     uint64_t v;
@@ -77,8 +84,7 @@ START_TEST(writer_never_overwrites_unread_slot)
 {
     fan_ring r;
     ck_assert_int_eq(fan_ring_init(&r, 4, 64, 2, NEAR_WRAP), 0);
-    for (uint64_t i = 0; i < 4; i++)
-        put(&r, 100 + i);
+    put_range(&r, 100, 104);
     /* Reader 1 is done with everything, reader 0 with nothing. */
     fan_ring_release(&r, 1, NEAR_WRAP + 4);
     ck_assert_int_eq(fan_ring_wait_space(&r, 20), 0);
@@ -172,8 +178,7 @@ START_TEST(head_moves_per_publish_batch_and_on_flush)
 {
     fan_ring r;
     ck_assert_int_eq(fan_ring_init(&r, 64, 64, 1, NEAR_WRAP), 0);
-    for (uint64_t i = 0; i < 7; i++)
-        put(&r, i);
+    put_range(&r, 0, 7);
     ck_assert_uint_eq(fan_ring_head(&r), NEAR_WRAP);
     ck_assert_int_eq(fan_ring_wait_data(&r, 0, NEAR_WRAP, NULL, 0, 0), 0);
     put(&r, 7);
@@ -195,11 +200,9 @@ START_TEST(writer_publishes_before_it_waits_for_space)
 {
     fan_ring r;
     ck_assert_int_eq(fan_ring_init(&r, 64, 64, 1, 0), 0);
-    for (uint64_t i = 0; i < 64; i++)
-        put(&r, i);
+    put_range(&r, 0, 64);
     fan_ring_release(&r, 0, 3);
-    for (uint64_t i = 64; i < 67; i++)
-        put(&r, i);
+    put_range(&r, 64, 67);
     ck_assert_uint_eq(fan_ring_head(&r), 64);
     /* Full: the reader must get slots 64..66 or it could never free more. */
     ck_assert_int_eq(fan_ring_wait_space(&r, 0), 0);
@@ -213,8 +216,7 @@ START_TEST(join_allows_for_unpublished_slots)
     fan_ring r;
     ck_assert_int_eq(fan_ring_init(&r, 64, 64, 2, 0), 0);
     fan_ring_leave(&r, 0);
-    for (uint64_t i = 0; i < 56; i++)
-        put(&r, i);
+    put_range(&r, 0, 56);
     /* head 56: a writer that has not seen reader 0 may hold up to 7 filled
      * slots past it and be filling slot 63, so slot 0 is still intact. */
     ck_assert_int_eq(fan_ring_join(&r, 0), 0);
