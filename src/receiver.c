@@ -669,7 +669,6 @@ static enum fan_command pump(pgfan_receiver *r)
 void *fan_receiver_main(void *arg)
 {
     pgfan_receiver *r = arg;
-    r->slot_sent = 0;
     if (r->kind == FAN_RECEIVER_STATEMENT) {
         PQsetnonblocking(r->conn, 1);
         install_notice_counter(r);

@@ -143,15 +143,16 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms)
 {
     if (space_free(r, 0))
         return 1;
-    /* The readers we wait for may be waiting for these slots. */
-    publish_head(r);
+    /* The readers we wait for must see and be woken for every filled slot,
+     * or they would not free space.  Once is enough: we fill nothing more
+     * until we return, and a reader that falls asleep meanwhile has
+     * released everything it saw. */
+    fan_ring_flush(r);
     for (int i = 0; i < r->spin_rounds; i++) {
         cpu_relax();
         if (space_free(r, 1))
             return 1;
     }
-    /* Readers must see what is published, or they would not free space. */
-    fan_ring_flush(r);
     /* The first cursor that frees wake_batch slots wakes us. */
     fan_waiter_prepare(&r->writer, r->next - r->nslots + r->wake_batch);
     /* E3: re-check after announcing the sleep. */

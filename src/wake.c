@@ -21,7 +21,10 @@ void fan_waiter_destroy(fan_waiter *w)
 
 void fan_waiter_prepare(fan_waiter *w, uint64_t want)
 {
-    /* seq_cst: pairs with the waker's seq_cst store of the condition. */
+    /* seq_cst: pairs with the waker's seq_cst store of the condition.
+     * 0 means awake, so a counter value of 0 (at the 2^64 wrap) is awaited
+     * as 1: at worst one batch later, and a waker's fan_waiter_notify()
+     * before it idles still wakes us. */
     atomic_store(&w->want, want ? want : 1);
 }
 
