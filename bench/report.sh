@@ -33,13 +33,17 @@ label() {
     esac
 }
 
-# The ring rows (bench/ring_bench columns) where own_cores (field 10) is $1:
-# "min max" of field $2.
+# The ring rows (bench/ring_bench columns) where own_cores (field 10) is $1,
+# and the chunk is $3 if given: "min max" of field $2.
 ring_range() {
-    tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" -v f="$2" '
-        $10 == own { if (n++ == 0 || $f < lo) lo = $f; if ($f > hi) hi = $f }
+    tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" -v f="$2" -v chunk="${3:-0}" '
+        $10 == own && (chunk == 0 || $1 == chunk) {
+            if (n++ == 0 || $f < lo) lo = $f; if ($f > hi) hi = $f }
         END { if (n) print lo, hi; else print "- -" }'
 }
+
+# "lo-hi", or one number when they are equal.
+span() { if [ "$1" = "$2" ]; then echo "$1"; else echo "$1-$2"; fi; }
 
 # Which chunk sizes have an overhead (field 7) below 1 % in every row where
 # own_cores is $1, as a phrase.
@@ -63,10 +67,10 @@ ring_findings() {
     echo "  ends; a waiting thread spins briefly (512 pauses when every ring thread"
     echo "  can have a core of its own, else 64), then sleeps on an eventfd until a"
     echo "  quarter of the ring is ready for it. With a core per ring thread (here:"
-    echo "  the writer and up to $(( $(nproc) - 1 )) reader(s)) a hand-off costs ${own% *}-${own#* } ns per slot,"
+    echo "  the writer and up to $(( $(nproc) - 1 )) reader(s)) a hand-off costs $(span $own) ns per slot,"
     echo "  below 1 % of copying the slot $own_ok (the library's default"
     echo "  chunk is 128 KiB). With more ring threads than cores the cost is the"
-    echo "  scheduler's, ${shared% *}-${shared#* } ns per slot, since a waiting thread must sleep for the"
+    echo "  scheduler's, $(span $shared) ns per slot, since a waiting thread must sleep for the"
     echo "  thread it waits for to run: below 1 % $shared_ok."
     echo "  Profiling showed where the time went before: storing head for every slot"
     echo "  made a reader pull the head cache line across cores once per slot (about"
@@ -126,9 +130,10 @@ machine() {
     echo "| pgfan auto (binary) wall / tee (text) wall | $(ratio "$(get pgfan-auto 3 3)" "$tw") | at most 0.6 |"
     echo "| pgfan peak RSS, $ROWS rows | $(get pgfan-auto 3 5) MB | at most 32 MB |"
     read -r bw bu bs brss <<<"$BIG"
-    ring128() { tail -n +2 <<<"$RING" | awk -F'\t' -v own="$1" '$1 == 131072 && $10 == own { if (n++ == 0 || $7 < lo) lo = $7; if ($7 > hi) hi = $7 } END { print (n ? (lo == hi ? lo : lo "-" hi) : "-") }'; }
-    echo "| ring hand-off / copy of a 128 KiB slot, a core per ring thread | $(ring128 1) % | below 1 % |"
-    echo "| the same, more ring threads than cores | $(ring128 0) % | below 1 % |"
+    # shellcheck disable=SC2046
+    echo "| ring hand-off / copy of a 128 KiB slot, a core per ring thread | $(span $(ring_range 1 7 131072)) % | below 1 % |"
+    # shellcheck disable=SC2046
+    echo "| the same, more ring threads than cores | $(span $(ring_range 0 7 131072)) % | below 1 % |"
     echo "| pgfan peak RSS, $BIG_ROWS rows ($(awk -v b="$BIG_BYTES" 'BEGIN { printf "%.0f", b / 1e6 }') MB text) | $(awk -v k="$brss" 'BEGIN { printf "%.1f", k / 1024 }') MB (wall $bw s) | at most 32 MB |"
     echo
     echo "## What the numbers show"
