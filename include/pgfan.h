@@ -71,7 +71,9 @@ typedef enum pgfan_status {
     PGFAN_EPRODUCER = -16,    /* the producer faulted, so the copy failed */
     PGFAN_ERECEIVER = -17,    /* a receiver faulted, so the copy failed */
     PGFAN_EBUSY = -18,        /* the connection is busy with another command */
-    PGFAN_EPARTIAL = -19      /* some targets committed and some did not (drop policy) */
+    PGFAN_EPARTIAL = -19,     /* some targets committed and some did not (drop policy) */
+    PGFAN_ESETTINGS = -20     /* source and target session settings differ in a way
+                                 that would change the data (see pgfan_manager_start) */
 } pgfan_status;
 
 /* A static, human-readable description of a status code. */
@@ -148,6 +150,11 @@ typedef struct pgfan_options {
                                         or a cancel before its connection is given up
                                         (reported, left for the caller to close);
                                         default 30000 */
+    int trust_session_settings;      /* nonzero: skip the check, at start, that the
+                                        source's and each target's session settings
+                                        render and read values alike (client_encoding,
+                                        DateStyle, IntervalStyle, extra_float_digits,
+                                        lc_monetary, TimeZone); default 0 */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */
@@ -230,10 +237,13 @@ PGFAN_EXTERN int pgfan_manager_add_receiver(pgfan_manager *manager,
                                             pgfan_receiver *receiver, size_t *index);
 
 /*
- * Starts the copy: runs the producer's and every receiver's COPY statement,
- * checks that formats and column counts agree, then starts the threads.
- * Nothing moves before every check passed.  On failure every connection is
- * realigned (out of COPY mode) and the reason is recorded as a fault.
+ * Starts the copy: checks that the source's and every statement receiver's
+ * session settings render and read values alike (PGFAN_ESETTINGS names the
+ * setting, both values and the target; see trust_session_settings), runs
+ * the producer's and every receiver's COPY statement, checks that formats
+ * and column counts agree, then starts the threads.  Nothing moves before
+ * every check passed.  On failure every connection is realigned (out of
+ * COPY mode) and the reason is recorded as a fault.
  */
 PGFAN_EXTERN int pgfan_manager_start(pgfan_manager *manager);
 

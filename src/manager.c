@@ -5,6 +5,7 @@
  * whether the copy commits (CopyDone) or fails (CopyFail).
  */
 #include "internal.h"
+#include "settings.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -112,10 +113,68 @@ static void realign_all(pgfan_manager *m, const char *reason)
     fan_producer_realign(m->producer);
 }
 
+/* Reads a session's settings; a connection that cannot answer now is left
+ * for the start of its COPY to report.  Returns 0, 1 when skipped, or -1
+ * with the server's error in `f`. */
+static int read_settings(PGconn *conn, int textual, fan_session_settings *s, int who,
+                         const char *label, pgfan_fault *f)
+{
+    PGresult *failed;
+    PGTransactionStatusType tx = PQtransactionStatus(conn);
+    if (PQstatus(conn) != CONNECTION_OK || PQisBusy(conn) ||
+        (tx != PQTRANS_IDLE && tx != PQTRANS_INTRANS))
+        return 1;
+    if (fan_settings_read(conn, textual, s, &failed) == 0)
+        return 0;
+    fan_fault_from_result(f, who, failed, label);
+    PQclear(failed);
+    return -1;
+}
+
+/*
+ * Refuses, before any COPY starts, a source and targets whose session
+ * settings would change values on the way (settings.h), naming the
+ * setting, both values and the party.
+ */
+static int check_settings(pgfan_manager *m, pgfan_fault *f)
+{
+    pgfan_producer *p = m->producer;
+    fan_session_settings src, dst;
+    char why[400];
+    if (m->opts.trust_session_settings || p->kind != FAN_PRODUCER_STATEMENT)
+        return PGFAN_OK;
+    int textual = p->format != PGFAN_FORMAT_BINARY;
+    int rc = read_settings(p->conn, textual, &src, PGFAN_PRODUCER_INDEX, "source", f);
+    if (rc != 0)
+        return rc < 0 ? f->code : PGFAN_OK;
+    if (fan_settings_check_source(&src, textual, why, sizeof why) != 0) {
+        fan_fault_set(f, PGFAN_PRODUCER_INDEX, PGFAN_ESETTINGS, "source: %s", why);
+        return PGFAN_ESETTINGS;
+    }
+    for (size_t i = 0; i < m->nreceivers; i++) {
+        pgfan_receiver *r = m->receivers[i];
+        if (r->kind != FAN_RECEIVER_STATEMENT)
+            continue;
+        rc = read_settings(r->conn, textual, &dst, (int)i, r->label, f);
+        if (rc < 0)
+            return f->code;
+        if (rc == 0 && fan_settings_compare(&src, &dst, textual, why, sizeof why) != 0) {
+            fan_fault_set(f, (int)i, PGFAN_ESETTINGS, "%s: %s", r->label, why);
+            return PGFAN_ESETTINGS;
+        }
+    }
+    return PGFAN_OK;
+}
+
 static int begin_copies(pgfan_manager *m)
 {
     pgfan_fault f;
-    int rc = fan_producer_begin(m->producer, &f);
+    int rc = check_settings(m, &f);
+    if (rc != PGFAN_OK) {
+        fan_manager_post_fault(m, &f);
+        return rc;
+    }
+    rc = fan_producer_begin(m->producer, &f);
     size_t sent = 0;
     if (rc == PGFAN_OK)
         for (; sent < m->nreceivers; sent++)

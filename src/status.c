@@ -56,6 +56,8 @@ const char *pgfan_strerror(int code)
         return "the connection is busy";
     case PGFAN_EPARTIAL:
         return "some targets committed and some did not";
+    case PGFAN_ESETTINGS:
+        return "session settings differ in a way that would change the data";
     }
     return "unknown error";
 }
@@ -105,6 +107,7 @@ void pgfan_options_init(pgfan_options *opts)
     opts->stall_timeout_ms = 0;
     opts->progress_ms = 100;
     opts->realign_timeout_ms = 30000;
+    opts->trust_session_settings = 0;
 }
 
 void fan_now(struct timespec *t)

@@ -15,88 +15,13 @@
 
 #include <libpq-fe.h>
 
+#include "clitest.h"
 #include "pgtest.h"
+
+Suite *fidelity_suite(void);
 
 #define NT     3
 #define SECRET "hunter2secret"
-
-typedef struct cli_run {
-    int code;
-    char *out;
-    char *err;
-} cli_run;
-
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = calloc(1, (size_t)n + 1);
-    ck_assert_uint_eq(fread(s, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    return s;
-}
-
-static const char *cli_path(void)
-{
-    const char *p = getenv("PGFAN_CLI");
-    ck_assert_msg(p && *p, "PGFAN_CLI must name the pgfan binary");
-    return p;
-}
-
-static pid_t spawn(char *const argv[], const char *out, const char *err)
-{
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        int e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(cli_path(), argv);
-        _exit(127);
-    }
-    return pid;
-}
-
-static cli_run finish(pid_t pid, const char *out, const char *err)
-{
-    int status;
-    cli_run r;
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    r.out = slurp(out);
-    r.err = slurp(err);
-    unlink(out);
-    unlink(err);
-    return r;
-}
-
-/* Runs pgfan with NULL-terminated arguments. */
-static cli_run run_cli(const char *first, ...)
-{
-    char *argv[64];
-    int n = 0;
-    va_list ap;
-    argv[n++] = (char *)"pgfan";
-    va_start(ap, first);
-    for (const char *a = first; a && n < 63; a = va_arg(ap, const char *))
-        argv[n++] = (char *)a;
-    va_end(ap);
-    argv[n] = NULL;
-    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
-    close(mkstemp(out));
-    close(mkstemp(err));
-    return finish(spawn(argv, out, err), out, err);
-}
-
-static void cli_free(cli_run *r)
-{
-    free(r->out);
-    free(r->err);
-}
 
 static void assert_no_secret(const cli_run *r)
 {
@@ -217,7 +142,7 @@ START_TEST(copies_to_three_targets_in_every_format)
     char *want = source_checksum(table);
     for (int i = 1; i <= NT; i++)
         assert_target(i, table, want);
-    char *json = slurp(report);
+    char *json = cli_slurp(report);
     unlink(report);
     ck_assert_ptr_nonnull(strstr(json, "\"source_rows\": 20000"));
     char fmt[40];
@@ -505,7 +430,7 @@ START_TEST(sigint_aborts_cleanly)
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     close(mkstemp(out));
     close(mkstemp(err));
-    pid_t pid = spawn(argv, out, err);
+    pid_t pid = cli_spawn(argv, out, err);
     /* Wait until the targets are receiving, then interrupt. */
     PGconn *c = db(0);
     for (int tries = 0; tries < 3000; tries++) {
@@ -521,7 +446,7 @@ START_TEST(sigint_aborts_cleanly)
     }
     PQfinish(c);
     kill(pid, SIGINT);
-    cli_run r = finish(pid, out, err);
+    cli_run r = cli_finish(pid, out, err);
     ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
     ck_assert_ptr_nonnull(strstr(r.err, "interrupted"));
     assert_all_targets_empty(table);
@@ -608,6 +533,7 @@ static Suite *cli_suite(void)
 int main(void)
 {
     SRunner *sr = srunner_create(cli_suite());
+    srunner_add_suite(sr, fidelity_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

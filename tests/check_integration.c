@@ -451,6 +451,104 @@ START_TEST(same_connection_twice_is_refused)
 }
 END_TEST
 
+/* ---- session settings that would change data ---- */
+
+/* Copies a small table of dates from a source session to two targets
+ * after `setup` SETs run on each (source first); returns the status. */
+static int transfer_with_settings(const char *const setup[3], const char *format,
+                                  int trust, pgfan_transfer_result *res)
+{
+    PGconn *c = pgt_connect();
+    char src[64], sql[160];
+    pgt_name(src, sizeof src, "dates");
+    pgt_exec(c, "CREATE TABLE %s (id int, d date, f float8)", src);
+    pgt_exec(c,
+             "INSERT INTO %s SELECT g, date '2001-02-08' + g, 0.1 * g "
+             "FROM generate_series(1, 100) g",
+             src);
+    fanout f;
+    fanout_open(&f, src, 2, format);
+    pgt_exec(f.source, "%s", setup[0]);
+    for (size_t i = 0; i < 2; i++)
+        pgt_exec(f.targets[i], "%s", setup[i + 1]);
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.trust_session_settings = trust;
+    snprintf(sql, sizeof sql, "COPY %s TO STDOUT (FORMAT %s)", src, format);
+    int rc = pgfan_transfer(f.source, sql, 2, f.targets, f.copy_in_ptr, &o, res, NULL);
+    if (rc == PGFAN_ESETTINGS)
+        assert_targets_empty(&f); /* refused before a byte moved; all usable */
+    fanout_close(&f);
+    pgt_exec(c, "DROP TABLE %s", src);
+    PQfinish(c);
+    return rc;
+}
+
+START_TEST(settings_that_change_data_are_refused_at_start)
+{
+    static const struct {
+        const char *setup[3];
+        const char *format;
+        int who;
+        const char *says[3];
+    } cases[] = {
+        {{"SET DateStyle = 'SQL, DMY'", "SET DateStyle = 'SQL, DMY'",
+          "SET DateStyle = 'SQL, MDY'"},
+         "text",
+         1,
+         {"DateStyle differs", "\"SQL, DMY\"", "\"SQL, MDY\""}},
+        {{"SET IntervalStyle = 'sql_standard'", "SET IntervalStyle = 'sql_standard'",
+          "SET IntervalStyle = 'postgres'"},
+         "csv",
+         1,
+         {"IntervalStyle differs", "sql_standard", "postgres"}},
+        {{"SET extra_float_digits = 0", "SELECT 1", "SELECT 1"},
+         "text",
+         PGFAN_PRODUCER_INDEX,
+         {"source: extra_float_digits is 0", "rounded", ""}},
+        {{"SET lc_monetary = 'C'", "SET lc_monetary = 'de_DE.UTF-8'", "SELECT 1"},
+         "text",
+         0,
+         {"lc_monetary differs", "\"C\"", "de_DE.UTF-8"}},
+        /* Binary converts text values through client_encoding too. */
+        {{"SELECT 1", "SET client_encoding = 'LATIN1'", "SELECT 1"},
+         "binary",
+         0,
+         {"client_encoding differs", "UTF8", "LATIN1"}},
+    };
+    pgfan_transfer_result res;
+    int rc = transfer_with_settings(cases[_i].setup, cases[_i].format, 0, &res);
+    ck_assert_msg(rc == PGFAN_ESETTINGS, "case %d: got %s: %s", _i, pgfan_strerror(rc),
+                  res.error.message);
+    ck_assert_int_eq(res.error.code, PGFAN_ESETTINGS);
+    ck_assert_int_eq(res.error.receiver, cases[_i].who);
+    for (int k = 0; k < 3; k++)
+        ck_assert_msg(strstr(res.error.message, cases[_i].says[k]), "case %d: %s", _i,
+                      res.error.message);
+    ck_assert_uint_eq(res.rows, 0);
+    /* The caller who knows better opts out: the copy goes on (and, for the
+     * dates, shows what the check prevents: the target misreads them). */
+    rc = transfer_with_settings(cases[_i].setup, cases[_i].format, 1, &res);
+    ck_assert_msg(rc != PGFAN_ESETTINGS && res.rows > 0, "case %d, trusted: %s: %s", _i,
+                  pgfan_strerror(rc), res.error.message);
+}
+END_TEST
+
+START_TEST(settings_that_do_not_change_data_are_accepted)
+{
+    /* ISO dates read alike in any order; binary carries no dates as text. */
+    static const char *const iso[3] = {"SET DateStyle = 'ISO, DMY'",
+                                       "SET DateStyle = 'ISO, MDY'",
+                                       "SET DateStyle = 'SQL, MDY'"};
+    static const char *const sql_dmy[3] = {"SET DateStyle = 'SQL, DMY'",
+                                           "SET DateStyle = 'SQL, MDY'", "SELECT 1"};
+    pgfan_transfer_result res;
+    ck_assert_int_eq(transfer_with_settings(iso, "text", 0, &res), PGFAN_OK);
+    ck_assert_int_eq(transfer_with_settings(sql_dmy, "binary", 0, &res), PGFAN_OK);
+    ck_assert_uint_eq(res.rows, 100);
+}
+END_TEST
+
 /* ---- TLS ---- */
 
 /* The test server over TCP with sslmode=require (the harness gives it a
@@ -522,6 +620,11 @@ static Suite *integration_suite(void)
     tcase_add_loop_test(tc, statement_producer_to_call_receivers, 0, 3);
     tcase_add_test(tc, manager_reports_progress);
     suite_add_tcase(s, tc);
+    TCase *settings = tcase_create("settings");
+    tcase_set_timeout(settings, 300);
+    tcase_add_loop_test(settings, settings_that_change_data_are_refused_at_start, 0, 5);
+    tcase_add_test(settings, settings_that_do_not_change_data_are_accepted);
+    suite_add_tcase(s, settings);
     TCase *tls = tcase_create("tls");
     tcase_add_test(tls, transfer_over_tls);
     suite_add_tcase(s, tls);

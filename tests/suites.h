@@ -9,5 +9,6 @@ Suite *rowscan_suite(void);
 Suite *copysql_suite(void);
 Suite *api_suite(void);
 Suite *cli_unit_suite(void);
+Suite *settings_suite(void);
 
 #endif

@@ -24,7 +24,7 @@ END_TEST
 
 START_TEST(every_status_code_has_a_description)
 {
-    for (int code = 0; code >= PGFAN_EPARTIAL; code--)
+    for (int code = 0; code >= PGFAN_ESETTINGS; code--)
         ck_assert_str_ne(pgfan_strerror(code), "unknown error");
     ck_assert_str_eq(pgfan_strerror(-1000), "unknown error");
     ck_assert_str_eq(pgfan_format_name(PGFAN_FORMAT_CSV), "csv");

@@ -1,7 +1,9 @@
 /* The pgfan command's pure parts: password masking and option parsing. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "../src/cli/conninfo.h"
+#include "../src/cli/ident.h"
 #include "../src/cli/options.h"
 #include "suites.h"
 
@@ -135,6 +137,48 @@ START_TEST(refuses_bad_command_lines)
 }
 END_TEST
 
+START_TEST(column_names_are_read_as_sql_writes_them)
+{
+    char *names[8], err[200];
+    int n =
+        split_identifiers(" id , \"Mixed Case\",\"a,b\", \"select\" ,Upper,\"q\"\"t\"",
+                          names, 8, err, sizeof err);
+    ck_assert_int_eq(n, 6);
+    ck_assert_str_eq(names[0], "id");
+    ck_assert_str_eq(names[1], "Mixed Case");
+    ck_assert_str_eq(names[2], "a,b");
+    ck_assert_str_eq(names[3], "select");
+    ck_assert_str_eq(names[4], "upper"); /* unquoted names fold to lower case */
+    ck_assert_str_eq(names[5], "q\"t");
+    free_identifiers(names, (size_t)n);
+    static const char *const bad[] = {"a,,b", "\"open", "a b", "", ","};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        ck_assert_msg(split_identifiers(bad[i], names, 8, err, sizeof err) == -1,
+                      "accepted \"%s\"", bad[i]);
+    ck_assert_int_eq(split_identifiers("a,b,c", names, 2, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "more than 2"));
+}
+END_TEST
+
+START_TEST(truncate_and_columns_need_a_known_table)
+{
+    char *copy_in[] = {"pgfan",     "-s",        "S",
+                       "-t",        "T",         "--table",
+                       "t",         "--copy-in", "COPY x FROM STDIN",
+                       "--truncate"};
+    cli_options o;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, 10, copy_in), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--truncate needs a target table"));
+    char *query_cols[] = {
+        "pgfan",         "-s",     "S", "-t",        "T", "--query",
+        "SELECT 1 AS a", "--into", "x", "--columns", "b", "--no-sequences"};
+    ck_assert_int_eq(parse(&o, err, 12, query_cols), 0);
+    ck_assert_int_eq(o.no_sequences, 1);
+    ck_assert_str_eq(o.columns, "b");
+}
+END_TEST
+
 Suite *cli_unit_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -144,6 +188,8 @@ Suite *cli_unit_suite(void)
     tcase_add_test(tc, masking_truncates_safely);
     tcase_add_test(tc, parses_a_full_command_line);
     tcase_add_test(tc, refuses_bad_command_lines);
+    tcase_add_test(tc, column_names_are_read_as_sql_writes_them);
+    tcase_add_test(tc, truncate_and_columns_need_a_known_table);
     suite_add_tcase(s, tc);
     return s;
 }

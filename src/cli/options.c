@@ -28,7 +28,8 @@ const char cli_usage[] =
     "      --copy-out 'COPY ...'   a COPY ... TO STDOUT statement, used as given\n"
     "      --into [SCHEMA.]NAME    the target table, when its name differs\n"
     "      --copy-in 'COPY ...'    a COPY ... FROM STDIN statement run on every target\n"
-    "      --columns a,b,c         copy only these columns\n"
+    "      --columns a,b,c         copy only these columns (SQL names: \"Mixed Case\");\n"
+    "                              with --query, the target columns in result order\n"
     "How:\n"
     "      --format FORMAT         auto (default: binary when every column type matches\n"
     "                              on all sides, else text), text, csv or binary\n"
@@ -36,8 +37,12 @@ const char cli_usage[] =
     "                              or drop (faulted targets roll back, the others "
     "commit)\n"
     "      --atomic                two-phase commit: all targets commit, or none\n"
-    "      --truncate              truncate each target table first (same transaction),\n"
-    "                              then load with COPY FREEZE\n"
+    "      --truncate              truncate each target table first (same transaction;\n"
+    "                              ONLY for inheritance parents), then load it (FREEZE\n"
+    "                              where the server allows it)\n"
+    "      --no-sequences          leave the targets' sequences alone (by default those\n"
+    "                              of copied serial/identity columns end at the "
+    "source's)\n"
     "      --stall-timeout SECONDS a target holding everyone back this long is faulted\n"
     "                              (default: wait)\n"
     "      --ring-slots N          slots in the ring buffer (power of two, default 64)\n"
@@ -70,7 +75,8 @@ enum {
     OPT_CHUNK,
     OPT_PROGRESS,
     OPT_NO_PROGRESS,
-    OPT_REPORT
+    OPT_REPORT,
+    OPT_NO_SEQUENCES
 };
 
 static const struct option long_options[] = {
@@ -92,6 +98,7 @@ static const struct option long_options[] = {
     {"progress", no_argument, NULL, OPT_PROGRESS},
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
     {"report", required_argument, NULL, OPT_REPORT},
+    {"no-sequences", no_argument, NULL, OPT_NO_SEQUENCES},
     {"quiet", no_argument, NULL, 'q'},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
@@ -224,6 +231,9 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
     case OPT_REPORT:
         o->report = arg;
         return 0;
+    case OPT_NO_SEQUENCES:
+        o->no_sequences = 1;
+        return 0;
     case 'q':
         o->quiet = 1;
         return 0;
@@ -251,10 +261,10 @@ static int check_combination(cli_options *o, char *err, size_t errlen)
         FAIL("give --into or --copy-in, not both");
     if (o->kind != SOURCE_TABLE && !o->into && !o->copy_in)
         FAIL("--query and --copy-out need --into or --copy-in");
-    if (o->truncate && !o->into && o->kind != SOURCE_TABLE)
-        FAIL("--truncate needs a target table (--table or --into)");
-    if (o->columns && (o->copy_in || o->kind != SOURCE_TABLE))
-        FAIL("--columns goes with --table (and not with --copy-in)");
+    if (o->truncate && ((!o->into && o->kind != SOURCE_TABLE) || o->copy_in))
+        FAIL("--truncate needs a target table (--table or --into, not --copy-in)");
+    if (o->columns && (o->copy_in || o->kind == SOURCE_COPY))
+        FAIL("--columns goes with --table or --query (and not with --copy-in)");
     if (o->copy_in && o->format != FORMAT_AUTO)
         FAIL("--format cannot be used with --copy-in (the statement says its format)");
     return 0;

@@ -32,6 +32,7 @@ typedef struct cli_options {
     format_choice format;
     pgfan_policy on_fault;
     int atomic, truncate;
+    int no_sequences; /* leave the targets' sequences as they are */
     unsigned int stall_timeout_ms;
     unsigned int ring_slots;
     size_t chunk_size;

@@ -40,6 +40,7 @@ typedef struct run {
     int in_tx[MAX_TARGETS];    /* BEGIN done, neither COMMIT nor ROLLBACK yet */
     char gid[MAX_TARGETS][64]; /* prepared transaction, when --atomic */
     char source_masked[1024];
+    char encoding[64]; /* the source database's: every session speaks it */
     plan plan;
     run_report report;
     struct timespec started;
@@ -119,6 +120,45 @@ static int exec_ok(PGconn *c, const char *sql, int who, cli_fail *f)
     return ok ? 0 : -1;
 }
 
+/*
+ * As pg_dump does: every session renders and reads values alike, in the
+ * source database's encoding, so no setting of a server, database or role
+ * can change a value on its way (a target that cannot hold a character
+ * says so with its own conversion error).
+ */
+static int pin_session(run *r, PGconn *c, int who)
+{
+    char sql[512];
+    cli_fail f;
+    snprintf(sql, sizeof sql,
+             "SET client_encoding = '%s'; SET DateStyle = 'ISO, YMD'; "
+             "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
+             "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
+             "SET xmloption = content",
+             r->encoding);
+    if (exec_ok(c, sql, who, &f) == 0)
+        return 0;
+    print_fail(r, &f);
+    return -1;
+}
+
+/* The source database's encoding, as a server names it (UTF8, LATIN1,
+ * SQL_ASCII, ...). */
+static int learn_encoding(run *r)
+{
+    const char *enc = PQparameterStatus(r->source, "server_encoding");
+    size_t n = enc ? strspn(enc, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") : 0;
+    if (!enc || n == 0 || enc[n] != '\0' || n >= sizeof r->encoding) {
+        cli_fail f;
+        fail_set(&f, WHO_SOURCE, NULL, "the server reported no usable encoding (%s)",
+                 enc ? enc : "none");
+        print_fail(r, &f);
+        return -1;
+    }
+    snprintf(r->encoding, sizeof r->encoding, "%s", enc);
+    return 0;
+}
+
 static void rollback_all(run *r)
 {
     for (size_t i = 0; i < r->opt.ntargets; i++) {
@@ -136,10 +176,12 @@ static int connect_all(run *r)
     for (size_t i = 0; i < r->opt.ntargets; i++)
         mask_conninfo(r->opt.targets[i], r->report.targets[i].masked,
                       sizeof r->report.targets[i].masked);
-    if (!(r->source = connect_to(r, r->opt.source, WHO_SOURCE, &f)))
+    if (!(r->source = connect_to(r, r->opt.source, WHO_SOURCE, &f)) ||
+        learn_encoding(r) != 0 || pin_session(r, r->source, WHO_SOURCE) != 0)
         return -1;
     for (size_t i = 0; i < r->opt.ntargets; i++)
-        if (!(r->targets[i] = connect_to(r, r->opt.targets[i], (int)i, &f)))
+        if (!(r->targets[i] = connect_to(r, r->opt.targets[i], (int)i, &f)) ||
+            pin_session(r, r->targets[i], (int)i) != 0)
             return -1;
     return 0;
 }
@@ -153,6 +195,16 @@ static int preflight(run *r)
         return -1;
     }
     r->report.format = r->plan.format;
+    snprintf(r->report.format_reason, sizeof r->report.format_reason, "%s",
+             r->plan.format_reason);
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        snprintf(r->report.targets[i].table, sizeof r->report.targets[i].table, "%s",
+                 r->plan.target_table[i] ? r->plan.target_table[i] : "");
+    if (!r->opt.quiet && r->plan.notes[0])
+        fprintf(stderr, "pgfan: note: %s\n", r->plan.notes);
+    if (!r->opt.quiet && r->plan.format_reason[0])
+        fprintf(stderr, "pgfan: note: --format auto copies as text: %s\n",
+                r->plan.format_reason);
     for (size_t i = 0; i < r->opt.ntargets && r->opt.atomic; i++) {
         PGresult *res = PQexec(r->targets[i], "SHOW max_prepared_transactions");
         int zero =
@@ -178,13 +230,10 @@ static int begin_all(run *r)
             return -1;
         }
         r->in_tx[i] = 1;
-        if (r->opt.truncate) {
-            char sql[600];
-            snprintf(sql, sizeof sql, "TRUNCATE %s", r->plan.target_table[i]);
-            if (exec_ok(r->targets[i], sql, (int)i, &f) != 0) {
-                print_fail(r, &f);
-                return -1;
-            }
+        if (r->plan.truncate_sql[i] &&
+            exec_ok(r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
+            print_fail(r, &f);
+            return -1;
         }
     }
     return 0;
@@ -247,7 +296,8 @@ static int transfer(run *r, pgfan_manager *m)
 {
     progress_view view = {.out = stderr,
                           .tty = isatty(STDERR_FILENO),
-                          .estimated_rows = r->plan.estimated_rows};
+                          .estimated_rows = r->plan.estimated_rows,
+                          .tables = r->plan.target_table};
     int show =
         !r->opt.quiet && (r->opt.progress == 1 || (r->opt.progress == -1 && view.tty));
     pgfan_event ev;
@@ -387,6 +437,79 @@ static void commit_each(run *r, const int *candidate)
     rollback_all(r);
 }
 
+/* Reads a source sequence's state: last_value and is_called.  `seq` is the
+ * quoted name pg_get_serial_sequence() gave. */
+static int source_sequence(run *r, const char *seq, char *value, size_t len, char *called)
+{
+    char sql[600];
+    snprintf(sql, sizeof sql, "SELECT last_value, is_called FROM %s", seq);
+    PGresult *res = PQexec(r->source, sql);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (ok) {
+        snprintf(value, len, "%s", PQgetvalue(res, 0, 0));
+        *called = PQgetvalue(res, 0, 1)[0];
+    } else {
+        cli_fail f;
+        fail_from_result(&f, WHO_SOURCE, res, r->source);
+        print_fail(r, &f);
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* Sets every copied column's sequence on target i to the source's state. */
+static int carry_sequences(run *r, size_t i, cli_fail *f)
+{
+    for (size_t k = 0; k < r->plan.nsequences; k++) {
+        const sequence_pair *s = &r->plan.sequences[k];
+        char value[32], called;
+        if (!s->target[i])
+            continue;
+        if (source_sequence(r, s->source, value, sizeof value, &called) != 0) {
+            fail_set(f, (int)i, NULL, "cannot read the source's sequence %s", s->source);
+            return -1;
+        }
+        const char *params[3] = {s->target[i], value, called == 't' ? "true" : "false"};
+        PGresult *res = PQexecParams(
+            r->targets[i], "SELECT setval($1::regclass, $2::bigint, $3::boolean)", 3,
+            NULL, params, NULL, NULL, 0);
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        if (!ok)
+            fail_from_result(f, (int)i, res, r->targets[i]);
+        PQclear(res);
+        if (!ok)
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * What must happen on every target while everything can still roll back:
+ * deferred constraints are checked now, not at COMMIT, and the sequences
+ * of copied serial and identity columns end at the source's values.  A
+ * target that fails here does not commit; under --on-fault abort, nobody
+ * does.
+ */
+static void before_commit(run *r, int *candidate)
+{
+    cli_fail f;
+    int failed = 0;
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        if (!candidate[i])
+            continue;
+        if (exec_ok(r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) != 0 ||
+            carry_sequences(r, i, &f) != 0) {
+            print_fail(r, &f);
+            note_error(&r->report.targets[i], &f);
+            candidate[i] = 0;
+            failed = 1;
+        }
+    }
+    if (failed && r->opt.on_fault == PGFAN_POLICY_ABORT)
+        for (size_t i = 0; i < r->opt.ntargets; i++)
+            candidate[i] = 0;
+}
+
 /* Decides each target's fate and returns the exit code. */
 static int conclude(run *r, int rc)
 {
@@ -395,10 +518,11 @@ static int conclude(run *r, int rc)
     int may_commit =
         !interrupted && (rc == PGFAN_OK ||
                          (r->opt.on_fault == PGFAN_POLICY_DROP && rc == PGFAN_ERECEIVER));
-    for (size_t i = 0; i < r->opt.ntargets; i++) {
+    for (size_t i = 0; i < r->opt.ntargets; i++)
         candidate[i] = may_commit && r->report.targets[i].outcome == OUTCOME_PENDING;
+    before_commit(r, candidate);
+    for (size_t i = 0; i < r->opt.ntargets; i++)
         ncand += (size_t)candidate[i];
-    }
     if (ncand > 0 && r->opt.atomic)
         commit_atomic(r, candidate);
     else if (ncand > 0)

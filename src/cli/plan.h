@@ -1,6 +1,6 @@
 /*
  * Pre-flight of the pgfan command: everything that can be checked before a
- * byte moves (tables, columns, types), and the COPY statements to run.
+ * byte moves (tables, columns, types), and the statements to run.
  */
 #ifndef PGFAN_CLI_PLAN_H
 #define PGFAN_CLI_PLAN_H
@@ -10,8 +10,9 @@
 
 #include "options.h"
 
-#define WHO_SOURCE (-1)
-#define WHO_NONE   (-2)
+#define WHO_SOURCE    (-1)
+#define WHO_NONE      (-2)
+#define MAX_SEQUENCES 64
 
 /* Why the command failed: which side, the server's SQLSTATE, a message. */
 typedef struct cli_fail {
@@ -20,12 +21,24 @@ typedef struct cli_fail {
     char message[512];
 } cli_fail;
 
+/* A sequence owned by a copied column (serial, identity), on every side. */
+typedef struct sequence_pair {
+    char *column;              /* the column's name, as stored */
+    char *source;              /* schema-qualified, quoted */
+    char *target[MAX_TARGETS]; /* NULL where the target column owns none */
+} sequence_pair;
+
 typedef struct plan {
     char *copy_out;
     char *copy_in[MAX_TARGETS];
     char *target_table[MAX_TARGETS]; /* qualified, quoted; NULL with --copy-in */
+    char *truncate_sql[MAX_TARGETS]; /* with --truncate */
     pgfan_format format;
-    double estimated_rows; /* from the source table's statistics; < 0 unknown */
+    char format_reason[640]; /* why --format auto chose text; "" otherwise */
+    char notes[640];         /* e.g. generated columns left to the targets */
+    double estimated_rows;   /* from the source table's statistics; < 0 unknown */
+    sequence_pair sequences[MAX_SEQUENCES];
+    size_t nsequences;
 } plan;
 
 void fail_set(cli_fail *f, int who, const char *sqlstate, const char *fmt, ...)

@@ -39,11 +39,13 @@ void progress_draw(progress_view *v, const pgfan_manager *m)
     for (size_t i = 0; i < n; i++) {
         pgfan_receiver_result r;
         pgfan_manager_receiver(m, i, &r);
+        const char *table = v->tables && v->tables[i] ? v->tables[i] : "";
         fprintf(v->out,
-                "\r\033[K  target %zu: %-8s %12llu rows %10.1f MB %8.1f MB/s  lag %llu\n",
+                "\r\033[K  target %zu: %-8s %12llu rows %10.1f MB %8.1f MB/s  lag %-3llu "
+                "%s\n",
                 i + 1, pgfan_receiver_state_name(r.state), (unsigned long long)r.rows,
                 (double)r.bytes / 1e6, rate(r.bytes, r.seconds),
-                (unsigned long long)r.lag);
+                (unsigned long long)r.lag, table);
     }
     fputs("\r\033[K", v->out);
     total_line(v, &p);

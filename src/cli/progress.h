@@ -12,6 +12,7 @@ typedef struct progress_view {
     int lines;           /* lines drawn last time (tty) */
     double last_line_at; /* seconds (non-tty) */
     double estimated_rows;
+    char *const *tables; /* the table loaded on each target, or NULLs */
 } progress_view;
 
 void progress_draw(progress_view *v, const pgfan_manager *m);

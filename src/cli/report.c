@@ -52,6 +52,11 @@ int write_json_report(FILE *out, const run_report *r)
         fputs(i ? ",\n    {" : "\n    {", out);
         fputs("\"target\": ", out);
         json_string(out, t->masked);
+        fputs(", \"table\": ", out);
+        if (t->table[0])
+            json_string(out, t->table);
+        else
+            fputs("null", out);
         fprintf(out,
                 ", \"state\": \"%s\", \"rows\": %llu, \"bytes\": %llu, \"seconds\": %.3f",
                 outcome_name(t->outcome), (unsigned long long)t->rows,
@@ -71,9 +76,14 @@ int write_json_report(FILE *out, const run_report *r)
     fprintf(out,
             "\n  ],\n  \"totals\": {\"source_rows\": %llu, \"bytes\": %llu, \"seconds\": "
             "%.3f, "
-            "\"mb_per_s\": %.2f, \"format\": \"%s\"}\n}\n",
+            "\"mb_per_s\": %.2f, \"format\": \"%s\", \"format_reason\": ",
             (unsigned long long)r->source_rows, (unsigned long long)r->bytes, r->seconds,
             mb_per_s(r->bytes, r->seconds), pgfan_format_name(r->format));
+    if (r->format_reason[0])
+        json_string(out, r->format_reason);
+    else
+        fputs("null", out);
+    fputs("}\n}\n", out);
     return ferror(out) ? -1 : 0;
 }
 
@@ -81,10 +91,11 @@ void print_summary(FILE *out, const run_report *r)
 {
     for (size_t i = 0; i < r->ntargets; i++) {
         const target_report *t = &r->targets[i];
-        fprintf(out, "target %zu: %-11s %12llu rows %10.1f MB %8.1f MB/s %7.2f s  %s\n",
+        fprintf(out,
+                "target %zu: %-11s %12llu rows %10.1f MB %8.1f MB/s %7.2f s  %s%s%s\n",
                 i + 1, outcome_name(t->outcome), (unsigned long long)t->rows,
                 (double)t->bytes / 1e6, mb_per_s(t->bytes, t->seconds), t->seconds,
-                t->masked);
+                t->table, t->table[0] ? " on " : "", t->masked);
     }
     fprintf(out, "total: %llu rows, %.1f MB read once (%s) in %.2f s, %.1f MB/s\n",
             (unsigned long long)r->source_rows, (double)r->bytes / 1e6,

@@ -17,6 +17,7 @@ typedef enum target_outcome {
 
 typedef struct target_report {
     char masked[1024]; /* connection string, password masked */
+    char table[320];   /* schema-qualified table loaded; "" with --copy-in */
     target_outcome outcome;
     uint64_t rows, bytes;
     double seconds;
@@ -30,6 +31,7 @@ typedef struct run_report {
     uint64_t source_rows, bytes;
     double seconds;
     pgfan_format format;
+    char format_reason[640]; /* why --format auto chose text */
 } run_report;
 
 const char *outcome_name(target_outcome o);
