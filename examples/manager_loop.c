@@ -90,6 +90,10 @@ static void handle_fault(pgfan_manager *m, const pgfan_fault *f)
         fprintf(stderr, "source failed: %s %s\n", f->sqlstate, f->message);
         return; /* the copy fails; nothing to steer */
     }
+    if (f->receiver == PGFAN_MANAGER_INDEX) {
+        fprintf(stderr, "copy failed: %s\n", f->message); /* e.g. no receivers left */
+        return;
+    }
     fprintf(stderr, "receiver %d: %s%s%s\n", f->receiver, f->sqlstate,
             f->sqlstate[0] ? " " : "", f->message);
     if (f->reconcilable && pgfan_manager_reconcile(m, (size_t)f->receiver) == PGFAN_OK)

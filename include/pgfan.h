@@ -50,34 +50,49 @@ PGFAN_EXTERN unsigned int pgfan_version(void);
 /* Returns PGFAN_VERSION_STRING of the library actually linked. */
 PGFAN_EXTERN const char *pgfan_version_string(void);
 
-/* Status codes.  Zero is success, every error is negative. */
+/*
+ * Status codes.  Zero is success, every error is negative.  One table
+ * gives each code its number and description; the enum, pgfan_strerror()
+ * and pgfan_status_name() are generated from it, so they cannot drift.
+ */
+#define PGFAN_STATUS_MAP(X)                                                              \
+    X(OK, 0, "success")                                                                  \
+    X(EINVAL, -1, "invalid argument")                                                    \
+    X(ENOMEM, -2, "out of memory")                                                       \
+    X(ESTATE, -3, "operation not valid in the current state")                            \
+    X(ENOTCOPY, -4, "statement is not a COPY of the required direction")                 \
+    X(EFORMAT, -5, "producer and receiver formats or columns differ")                    \
+    X(ESERVER, -6, "the server reported an error")                                       \
+    X(ECONN, -7, "connection is broken or not usable")                                   \
+    X(ECALLBACK, -8, "a callback reported an error")                                     \
+    X(EROWCOUNT, -9, "row count differs from the producer's")                            \
+    X(EDATA, -10, "malformed COPY data")                                                 \
+    X(ESTALL, -11, "receiver stalled the copy")                                          \
+    X(EABORTED, -12, "the copy was aborted")                                             \
+    X(ENORECEIVERS, -13, "no receivers")                                                 \
+    X(EGONE, -14, "the receiver's data has left the ring")                               \
+    X(ESYSTEM, -15, "a system call failed")                                              \
+    X(EPRODUCER, -16, "the producer failed")                                             \
+    X(ERECEIVER, -17, "a receiver failed")                                               \
+    X(EBUSY, -18, "the connection is busy")                                              \
+    X(EPARTIAL, -19, "some targets committed and some did not")                          \
+    X(ESETTINGS, -20, "session settings differ in a way that would change the data")
+
 typedef enum pgfan_status {
-    PGFAN_OK = 0,
-    PGFAN_EINVAL = -1,        /* an argument is invalid (NULL, out of range) */
-    PGFAN_ENOMEM = -2,        /* out of memory */
-    PGFAN_ESTATE = -3,        /* the call is not valid in the object's state */
-    PGFAN_ENOTCOPY = -4,      /* the statement is not a COPY of the required direction */
-    PGFAN_EFORMAT = -5,       /* producer and receiver formats or columns differ */
-    PGFAN_ESERVER = -6,       /* the server reported an error (see SQLSTATE, message) */
-    PGFAN_ECONN = -7,         /* the connection is broken or not usable */
-    PGFAN_ECALLBACK = -8,     /* a user callback reported an error */
-    PGFAN_EROWCOUNT = -9,     /* a receiver's row count differs from the producer's */
-    PGFAN_EDATA = -10,        /* malformed COPY data from an iterator producer */
-    PGFAN_ESTALL = -11,       /* a receiver held the producer back too long */
-    PGFAN_EABORTED = -12,     /* the copy was aborted */
-    PGFAN_ENORECEIVERS = -13, /* every receiver is gone */
-    PGFAN_EGONE = -14,        /* the receiver's data has already left the ring */
-    PGFAN_ESYSTEM = -15,      /* a system call failed (threads, file descriptors) */
-    PGFAN_EPRODUCER = -16,    /* the producer faulted, so the copy failed */
-    PGFAN_ERECEIVER = -17,    /* a receiver faulted, so the copy failed */
-    PGFAN_EBUSY = -18,        /* the connection is busy with another command */
-    PGFAN_EPARTIAL = -19,     /* some targets committed and some did not (drop policy) */
-    PGFAN_ESETTINGS = -20     /* source and target session settings differ in a way
-                                 that would change the data (see pgfan_manager_start) */
+#define PGFAN_STATUS_ENUM(name, code, text) PGFAN_##name = code,
+    PGFAN_STATUS_MAP(PGFAN_STATUS_ENUM)
+#undef PGFAN_STATUS_ENUM
 } pgfan_status;
 
-/* A static, human-readable description of a status code. */
+/* The most negative status code this version defines. */
+#define PGFAN_STATUS_LAST PGFAN_ESETTINGS
+
+/* A static, human-readable description of a status code ("unknown error"
+ * for a code this version does not define). */
 PGFAN_EXTERN const char *pgfan_strerror(int code);
+
+/* The code's name as written in C ("PGFAN_EGONE"), or "PGFAN_UNKNOWN". */
+PGFAN_EXTERN const char *pgfan_status_name(int code);
 
 /* COPY data formats.  Producer and receivers must agree. */
 typedef enum pgfan_format {
@@ -116,8 +131,10 @@ typedef struct pgfan_manager pgfan_manager;
 /* Room for a server or library message in fault records, with its NUL. */
 #define PGFAN_MESSAGE_MAX 512
 
-/* Who a fault record is about, when it is not a receiver. */
+/* Who a fault record is about, when it is not a receiver: the producer,
+ * or the copy as a whole (for example "no receivers left"). */
 #define PGFAN_PRODUCER_INDEX (-1)
+#define PGFAN_MANAGER_INDEX  (-2)
 
 /*
  * A fault: an error raised by the producer or one receiver.  `sqlstate` and
@@ -126,7 +143,7 @@ typedef struct pgfan_manager pgfan_manager;
  * library's explanation.  `bytes` and `rows` are what that party had moved.
  */
 typedef struct pgfan_fault {
-    int receiver;     /* receiver index, or PGFAN_PRODUCER_INDEX */
+    int receiver;     /* receiver index, PGFAN_PRODUCER_INDEX or PGFAN_MANAGER_INDEX */
     int code;         /* a pgfan_status */
     int reconcilable; /* the receiver can resume: pgfan_manager_reconcile() */
     char sqlstate[6];
@@ -251,7 +268,9 @@ PGFAN_EXTERN int pgfan_manager_start(pgfan_manager *manager);
 typedef enum pgfan_event_type {
     PGFAN_EVENT_PROGRESS = 0, /* nothing new; counters moved */
     PGFAN_EVENT_FAULT,        /* `fault` describes a new fault */
-    PGFAN_EVENT_END           /* the copy reached its end: call pgfan_manager_finish() */
+    PGFAN_EVENT_END           /* the copy reached its end (every receiver has all the
+                                 source's data, or the copy failed): call
+                                 pgfan_manager_finish() */
 } pgfan_event_type;
 
 typedef struct pgfan_event {
@@ -267,10 +286,12 @@ typedef struct pgfan_event {
 PGFAN_EXTERN int pgfan_manager_next(pgfan_manager *manager, pgfan_event *event);
 
 /*
- * Ends the copy.  If the producer reached its end and every remaining
- * receiver received everything, each receiver is completed (CopyDone) and
- * its row count checked against the producer's; otherwise the copy is a
- * failed copy and every receiver is aborted (CopyFail).  Waits for every
+ * Ends the copy, and is the only call that commits it.  After
+ * PGFAN_EVENT_END, when the producer reached its end, paused receivers are
+ * resumed (or dropped when their data left the ring), each receiver is
+ * completed (CopyDone) and its row count checked against the producer's.
+ * Called before PGFAN_EVENT_END, or after a fault failed the copy, it is a
+ * failed copy: every receiver is aborted (CopyFail).  Waits for every
  * thread and realigns every connection.  Returns PGFAN_OK when the copy
  * succeeded for every remaining receiver, else the reason it failed.
  */
@@ -279,8 +300,10 @@ PGFAN_EXTERN int pgfan_manager_finish(pgfan_manager *manager);
 /*
  * Aborts the copy from the caller's thread: every receiver still in COPY
  * gets CopyFail with `reason` (NULL for a default), the producer is
- * cancelled and drained, and every connection is realigned.  Returns
- * PGFAN_OK when the abort itself went cleanly.
+ * cancelled and drained, and every connection is realigned.  Until
+ * pgfan_manager_finish() is called, an abort always rolls every target
+ * back (no CopyDone was sent).  Returns PGFAN_OK, or PGFAN_ESTATE after
+ * finish (nothing is left to roll back).
  */
 PGFAN_EXTERN int pgfan_manager_abort(pgfan_manager *manager, const char *reason);
 
@@ -344,6 +367,8 @@ typedef struct pgfan_receiver_result {
     int has_fault;  /* `fault` is valid */
     pgfan_fault fault;
     char label[128];
+    uint64_t notices; /* notices its server sent during the copy (counted when
+                         the connection has libpq's default notice receiver) */
 } pgfan_receiver_result;
 
 PGFAN_EXTERN int pgfan_manager_receiver(const pgfan_manager *manager, size_t index,

@@ -80,16 +80,21 @@ struct pgfan_receiver {
     int counting_notices;   /* our notice receiver is installed */
     _Atomic uint64_t bytes; /* progress counters, relaxed */
     _Atomic uint64_t rows;
-    uint64_t server_rows; /* PQcmdTuples at COMMAND_OK */
+    _Atomic uint64_t moved; /* bytes handed to libpq or the callback; relaxed,
+                               read by the manager to tell a stopped target */
+    uint64_t server_rows;   /* PQcmdTuples at COMMAND_OK */
     struct timespec ended_at;
     int has_fault; /* under manager->lock */
     pgfan_fault fault;
-    unsigned long notices;    /* notices seen during the copy */
+    _Atomic uint64_t notices; /* notices seen during the copy; written by the
+                                 receiver thread, read relaxed for progress */
     struct timespec deadline; /* realignment must be done by then */
     int has_deadline;
+    struct timespec cancel_at; /* CopyFail unanswered by then: cancel too */
+    int cancel_pending;
     /* Manager-thread bookkeeping. */
     struct timespec stalled_since;
-    uint64_t stalled_at; /* the cursor that has not moved since then */
+    uint64_t stalled_at; /* the `moved` count that has not changed since then */
     int stalling;
     struct timespec hold_until;
     int holding;

@@ -317,10 +317,10 @@ static void settle_receiver_fault(pgfan_manager *m, pgfan_receiver *r)
  * for pgfan_manager_reconcile(); any other fault is settled at once. */
 static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
 {
+    if (f->receiver == PGFAN_MANAGER_INDEX)
+        return; /* about the copy as a whole: already decided */
     if (f->receiver == PGFAN_PRODUCER_INDEX) {
-        if (f->code != PGFAN_ENORECEIVERS)
-            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER,
-                         "pgfan: the source failed");
+        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
         return;
     }
     pgfan_receiver *r = m->receivers[f->receiver];
@@ -345,32 +345,38 @@ static void expire_holds(pgfan_manager *m)
 }
 
 /*
- * A receiver whose cursor does not move while the ring is full (so it
- * holds the producer back) for stall_timeout_ms is asked to step out of the
- * gating set; it reports the stall fault itself, at a point where it holds
- * no slot.  A receiver that is merely the slowest keeps moving and is not
- * a stall.
+ * A receiver that has unread slots and hands nothing to its target (no
+ * byte queued to libpq or given to its callback) for stall_timeout_ms has
+ * stopped: it is asked to step out of the gating set, and reports the stall
+ * fault itself at a point where it holds no slot.  This does not wait for
+ * the ring to fill: with batched wake-ups the writer may sleep with free
+ * slots behind a stopped reader, and a target blocked on a lock moves no
+ * more than a stopped one.  A receiver that is merely the slowest keeps
+ * moving and is not a stall.
  */
 static void detect_stalls(pgfan_manager *m)
 {
     if (m->opts.stall_timeout_ms == 0 || atomic_load(&m->verdict) != FAN_VERDICT_NONE)
         return;
     fan_ring *ring = &m->ring;
-    uint64_t head = fan_ring_head(ring);
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
+        /* Relaxed snapshots: a stale or inconsistent pair (a cursor read
+         * past the head) lasts one cycle, and a stall needs a whole
+         * stall_timeout_ms without movement. */
         uint64_t cursor = fan_ring_cursor(ring, i);
-        int blocking = fan_ring_is_gating(ring, i) &&
-                       atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
-                       atomic_load(&r->command) == FAN_CMD_NONE &&
-                       head - cursor >= ring->nslots;
-        if (!blocking || (r->stalling && cursor != r->stalled_at)) {
+        uint64_t head = fan_ring_head(ring);
+        uint64_t moved = atomic_load_explicit(&r->moved, memory_order_relaxed);
+        int waiting = fan_ring_is_gating(ring, i) &&
+                      atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
+                      atomic_load(&r->command) == FAN_CMD_NONE && head != cursor;
+        if (!waiting || (r->stalling && moved != r->stalled_at)) {
             r->stalling = 0;
             continue;
         }
-        r->stalled_at = cursor;
         if (!r->stalling) {
             r->stalling = 1;
+            r->stalled_at = moved;
             fan_now(&r->stalled_since);
         } else if (fan_seconds_since(&r->stalled_since) * 1000.0 >=
                    m->opts.stall_timeout_ms) {
@@ -402,36 +408,51 @@ static int receiver_live(pgfan_receiver *r)
 static void post_no_receivers(pgfan_manager *m)
 {
     pgfan_fault f;
-    fan_fault_set(&f, PGFAN_PRODUCER_INDEX, PGFAN_ENORECEIVERS,
+    fan_fault_set(&f, PGFAN_MANAGER_INDEX, PGFAN_ENORECEIVERS,
                   "no receivers: every target failed or was dropped");
     fan_manager_post_fault(m, &f);
 }
 
-/* Commits when the producer reached its end and every live receiver has
- * everything; fails when nobody is left to receive. */
+/* Fails the copy when nobody is left to receive or the source failed.
+ * Commit is never decided here: only pgfan_manager_finish() commits. */
 static void evaluate(pgfan_manager *m)
 {
     if (atomic_load(&m->verdict) != FAN_VERDICT_NONE)
         return;
-    size_t live = 0, drained = 0;
+    size_t live = 0;
+    for (size_t i = 0; i < m->nreceivers; i++)
+        live += (size_t)receiver_live(m->receivers[i]);
+    if (live == 0) {
+        post_no_receivers(m);
+        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
+                     "pgfan: no receivers left");
+    } else if (fan_ring_state(&m->ring) == FAN_RING_FAILED) {
+        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
+    }
+}
+
+/*
+ * The source reached its end and every live receiver has all of it; with
+ * `paused_count`, receivers the caller paused count too (finish() resumes
+ * them before it commits).
+ */
+static int everyone_has_everything(pgfan_manager *m, int paused_count)
+{
+    if (fan_ring_state(&m->ring) != FAN_RING_ENDED)
+        return 0;
+    size_t live = 0, ready = 0;
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
         if (!receiver_live(r))
             continue;
         live++;
-        if (atomic_load(&r->drained) && atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE)
-            drained++;
+        if ((atomic_load(&r->drained) &&
+             atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
+             atomic_load(&r->command) == FAN_CMD_NONE) ||
+            (paused_count && atomic_load(&r->command) == FAN_CMD_PAUSE))
+            ready++;
     }
-    int ring = fan_ring_state(&m->ring);
-    if (live == 0) {
-        post_no_receivers(m);
-        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
-                     "pgfan: no receivers left");
-    } else if (ring == FAN_RING_FAILED) {
-        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
-    } else if (ring == FAN_RING_ENDED && drained == live) {
-        give_verdict(m, FAN_VERDICT_COMMIT, PGFAN_OK, "");
-    }
+    return live > 0 && ready == live;
 }
 
 static int all_exited(pgfan_manager *m)
@@ -464,7 +485,8 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
         expire_holds(m);
         detect_stalls(m);
         evaluate(m);
-        if (all_exited(m)) {
+        if (all_exited(m) || (atomic_load(&m->verdict) == FAN_VERDICT_NONE &&
+                              everyone_has_everything(m, 1))) {
             ev->type = PGFAN_EVENT_END;
             m->end_reported = 1;
             return PGFAN_OK;
@@ -608,21 +630,18 @@ static int outcome(pgfan_manager *m)
     return failed > 0 ? PGFAN_ERECEIVER : PGFAN_OK;
 }
 
-int pgfan_manager_finish(pgfan_manager *m)
+/* Runs cycles until every live receiver has everything, or the copy
+ * failed meanwhile (a fault, a receiver resumed too late under abort). */
+static void wait_until_drained(pgfan_manager *m)
 {
-    if (!m)
-        return PGFAN_EINVAL;
-    if (m->phase == FAN_PHASE_FINISHED)
-        return m->failure;
-    if (m->phase != FAN_PHASE_STARTED)
-        return PGFAN_ESTATE;
-    /* Only the producer's end decides CopyDone: a loop broken early is a
-     * failed copy, never a partial commit. */
-    if (atomic_load(&m->verdict) == FAN_VERDICT_NONE &&
-        fan_ring_state(&m->ring) != FAN_RING_ENDED)
-        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED,
-                     "pgfan: the copy was finished before the source reached its end");
-    resume_paused(m);
+    pgfan_event ev;
+    while (atomic_load(&m->verdict) == FAN_VERDICT_NONE && !everyone_has_everything(m, 0))
+        if (pgfan_manager_next(m, &ev) != PGFAN_OK)
+            break;
+}
+
+static int end_phase(pgfan_manager *m)
+{
     run_to_end(m);
     join_threads(m);
     m->failure = outcome(m);
@@ -631,19 +650,42 @@ int pgfan_manager_finish(pgfan_manager *m)
     return m->failure;
 }
 
+int pgfan_manager_finish(pgfan_manager *m)
+{
+    if (!m)
+        return PGFAN_EINVAL;
+    if (m->phase == FAN_PHASE_FINISHED)
+        return m->failure;
+    if (m->phase != FAN_PHASE_STARTED)
+        return PGFAN_ESTATE;
+    /*
+     * The point of no return, and the only one: CopyDone goes out only
+     * here, only after the caller saw PGFAN_EVENT_END, and only when the
+     * source reached its end.  A loop broken early is a failed copy, never
+     * a partial commit.
+     */
+    if (atomic_load(&m->verdict) == FAN_VERDICT_NONE) {
+        if (!m->end_reported || !everyone_has_everything(m, 1)) {
+            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED,
+                         "pgfan: the copy was finished before it reached its end");
+        } else {
+            resume_paused(m);
+            wait_until_drained(m);
+            give_verdict(m, FAN_VERDICT_COMMIT, PGFAN_OK, "");
+        }
+    }
+    return end_phase(m);
+}
+
 int pgfan_manager_abort(pgfan_manager *m, const char *reason)
 {
     if (!m)
         return PGFAN_EINVAL;
     if (m->phase != FAN_PHASE_STARTED)
-        return m->phase == FAN_PHASE_FINISHED ? PGFAN_OK : PGFAN_ESTATE;
+        return PGFAN_ESTATE; /* finished: nothing left to roll back */
     give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED,
                  reason ? reason : "pgfan: the copy was aborted");
-    run_to_end(m);
-    join_threads(m);
-    m->failure = outcome(m);
-    m->phase = FAN_PHASE_FINISHED;
-    fan_now(&m->finished_at);
+    end_phase(m);
     return PGFAN_OK;
 }
 
@@ -718,11 +760,16 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     out->state = (pgfan_receiver_state)atomic_load(&r->state);
     out->bytes = atomic_load_explicit(&r->bytes, memory_order_relaxed);
     out->rows = atomic_load_explicit(&r->rows, memory_order_relaxed);
-    if (m->ring_ready)
-        out->lag = fan_ring_head((fan_ring *)&m->ring) -
-                   fan_ring_cursor((fan_ring *)&m->ring, index);
+    if (m->ring_ready) {
+        /* The two loads are not ordered: a cursor may be read past the
+         * head, which is no lag. */
+        uint64_t cursor = fan_ring_cursor((fan_ring *)&m->ring, index);
+        uint64_t head = fan_ring_head((fan_ring *)&m->ring);
+        out->lag = head - cursor < (uint64_t)1 << 63 ? head - cursor : 0;
+    }
     out->seconds = elapsed(m, fan_state_is_final(out->state) ? &r->ended_at : NULL);
     snprintf(out->label, sizeof out->label, "%s", r->label);
+    out->notices = atomic_load_explicit(&r->notices, memory_order_relaxed);
     pthread_mutex_lock((pthread_mutex_t *)&m->lock);
     out->has_fault = r->has_fault;
     if (r->has_fault)

@@ -23,6 +23,10 @@
 /* How long to wait for the rest of a notice split across reads. */
 #define SPLIT_NOTICE_WAIT_MS 50
 
+/* How long a server may leave CopyFail unanswered before it is also sent a
+ * cancel request (at most a quarter of realign_timeout_ms). */
+#define CANCEL_AFTER_MS 1000
+
 /*
  * The largest CopyData message we send; a slot goes out in pieces of at
  * most this (COPY data is a byte stream, messages need not end at rows).
@@ -236,7 +240,8 @@ static void find_default_receiver(void)
 static void count_notice(void *arg, const PGresult *res)
 {
     pgfan_receiver *r = arg;
-    r->notices++;
+    /* Relaxed: only this thread writes; the manager reads a count. */
+    atomic_fetch_add_explicit(&r->notices, 1, memory_order_relaxed);
     r->saved_notice(NULL, res);
 }
 
@@ -263,12 +268,38 @@ static void remove_notice_counter(pgfan_receiver *r)
     r->counting_notices = 0;
 }
 
+/*
+ * A server that does not answer CopyFail soon is not reading its socket:
+ * its backend may wait for a lock held elsewhere, which CopyFail cannot
+ * end.  A cancel request interrupts the wait, and the COPY then fails with
+ * 57014 like any CopyFail.
+ */
+static void cancel_if_due(pgfan_receiver *r, int *timeout_ms)
+{
+    if (!r->cancel_pending)
+        return;
+    long left = fan_ms_until(&r->cancel_at);
+    if (left > 0) {
+        if (*timeout_ms < 0 || left < *timeout_ms)
+            *timeout_ms = (int)left;
+        return;
+    }
+    r->cancel_pending = 0;
+    PGcancel *cancel = PQgetCancel(r->conn);
+    if (cancel) {
+        char err[256];
+        PQcancel(cancel, err, sizeof err);
+        PQfreeCancel(cancel);
+    }
+}
+
 /* Sleeps on the waiter and, for statement receivers, the socket. */
 static void sleep_on(pgfan_receiver *r, short events, int timeout_ms, short *revents)
 {
     struct pollfd pfd = {.fd = r->kind == FAN_RECEIVER_STATEMENT ? PQsocket(r->conn) : -1,
                          .events = events};
     int n = r->kind == FAN_RECEIVER_STATEMENT && events ? 1 : 0;
+    cancel_if_due(r, &timeout_ms);
     if (r->has_deadline) {
         long left = fan_ms_until(&r->deadline);
         timeout_ms =
@@ -307,34 +338,48 @@ static void collect_server_error(pgfan_receiver *r)
                   "%s: the server ended the COPY without an error message", r->label);
     end_copy(r, "pgfan: the server ended the COPY", &f, &ok);
     r->has_deadline = 0; /* the deadline was for this CopyFail only */
+    r->cancel_pending = 0;
     raise_fault(r, &f);
+}
+
+/* Waits up to `ms` for the socket alone: a wake-up of our waiter (new
+ * slots, a command) is no answer from the server. */
+static int socket_readable_within(pgfan_receiver *r, long ms)
+{
+    struct pollfd pfd = {.fd = PQsocket(r->conn), .events = POLLIN};
+    return poll(&pfd, 1, (int)ms) > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR));
 }
 
 /*
  * Reads whatever the server sent.  Returns 0 if the COPY is still healthy,
  * -1 after raising a fault.
+ *
+ * A zero-length PQputCopyData makes libpq parse what arrived: it processes
+ * notices and queues notifications for the caller, whose NOTIFYs are not
+ * ours to take.
  */
 static int check_input(pgfan_receiver *r)
 {
+    struct timespec split_until;
+    int split_wait = 0;
     for (;;) {
-        unsigned long before = r->notices;
-        if (!PQconsumeInput(r->conn) || PQstatus(r->conn) == CONNECTION_BAD) {
+        uint64_t before = atomic_load_explicit(&r->notices, memory_order_relaxed);
+        if (!PQconsumeInput(r->conn) || PQstatus(r->conn) == CONNECTION_BAD ||
+            PQputCopyData(r->conn, "", 0) < 0) {
             conn_fault(r);
             return -1;
         }
-        PGnotify *n;
-        int notified = 0;
-        while ((n = PQnotifies(r->conn)) != NULL) {
-            notified = 1;
-            PQfreemem(n);
-        }
-        if (r->notices != before || notified || !r->counting_notices)
+        if (atomic_load_explicit(&r->notices, memory_order_relaxed) != before ||
+            !r->counting_notices)
             return 0;
         /* Not a notice: either one split across reads, or the server left
-         * COPY mode.  Give a split notice a moment to complete. */
-        short revents;
-        sleep_on(r, POLLIN, SPLIT_NOTICE_WAIT_MS, &revents);
-        if (!(revents & (POLLIN | POLLHUP | POLLERR))) {
+         * COPY mode.  Give a split notice SPLIT_NOTICE_WAIT_MS to complete. */
+        if (!split_wait) {
+            fan_deadline(&split_until, SPLIT_NOTICE_WAIT_MS);
+            split_wait = 1;
+        }
+        long left = fan_ms_until(&split_until);
+        if (left <= 0 || !socket_readable_within(r, left)) {
             collect_server_error(r);
             return -1;
         }
@@ -400,26 +445,42 @@ static int deliver(pgfan_receiver *r, const fan_slot *s)
             raise_fault(r, &f);
             return -1;
         }
+        atomic_fetch_add_explicit(&r->moved, s->len, memory_order_relaxed);
         return 0;
     }
     /* An interrupted slot goes on where it stopped: its first pieces are
      * queued already.  The slot stays intact meanwhile, as the cursor still
      * holds it (a receiver that stepped out only comes back if it is). */
+    int flushed_for_room = 0;
     while (r->slot_sent < s->len) {
         size_t left = s->len - r->slot_sent;
         size_t n = left < COPY_MESSAGE_MAX ? left : COPY_MESSAGE_MAX;
         int rc = PQputCopyData(r->conn, s->data + r->slot_sent, (int)n);
         if (rc == 1) {
             r->slot_sent += n;
+            flushed_for_room = 0;
+            /* Relaxed: a progress count the manager reads for stalls. */
+            atomic_fetch_add_explicit(&r->moved, n, memory_order_relaxed);
             continue;
         }
         if (rc < 0) {
             conn_fault(r);
             return -1;
         }
-        /* 0: libpq's buffer is full in non-blocking mode; make room. */
+        /* 0: libpq could not grow its buffer.  Once everything queued is
+         * sent, the buffer is as empty as it gets: a second 0 then means
+         * no memory, not a full socket. */
+        if (flushed_for_room) {
+            pgfan_fault f;
+            fan_fault_set(&f, (int)r->index, PGFAN_ENOMEM,
+                          "%s: libpq cannot buffer a CopyData message of %zu bytes",
+                          r->label, n);
+            raise_fault(r, &f);
+            return -1;
+        }
         if ((rc = flush_all(r, 1)) != 0)
             return rc;
+        flushed_for_room = 1;
     }
     r->slot_sent = 0;
     return 0;
@@ -481,8 +542,12 @@ static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int
         return -1;
     }
     if (errormsg) {
-        fan_deadline(&r->deadline, r->manager->opts.realign_timeout_ms);
+        unsigned int realign = r->manager->opts.realign_timeout_ms;
+        fan_deadline(&r->deadline, realign);
         r->has_deadline = 1;
+        fan_deadline(&r->cancel_at,
+                     realign / 4 < CANCEL_AFTER_MS ? realign / 4 : CANCEL_AFTER_MS);
+        r->cancel_pending = 1;
     }
     int rc;
     while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
@@ -594,8 +659,11 @@ static void idle(pgfan_receiver *r)
             events |= POLLOUT;
     }
     sleep_on(r, events, -1, &revents);
+    /* Input must be read, or poll() reports it again at once: a receiver
+     * that has sent everything would spin, and an error arriving while it
+     * waits for the others would show only at CopyDone. */
     if (r->in_copy && (revents & (POLLIN | POLLHUP | POLLERR)) &&
-        state_of(r) == PGFAN_RECEIVER_PAUSED)
+        state_of(r) != PGFAN_RECEIVER_FAULTED)
         check_input(r);
 }
 
@@ -675,11 +743,16 @@ void *fan_receiver_main(void *arg)
     }
     set_state(r, PGFAN_RECEIVER_ACTIVE);
     enum fan_command cmd = pump(r);
-    if (cmd == FAN_CMD_COMMIT)
+    if (cmd == FAN_CMD_COMMIT) {
         complete(r);
-    else
+    } else {
+        /* It reads no slot again: the others need not wait for its
+         * CopyFail to be answered. */
+        if (fan_ring_is_gating(ring_of(r), r->index))
+            fan_ring_leave(ring_of(r), r->index);
         fail_copy(r,
                   cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
+    }
     if (fan_ring_is_gating(ring_of(r), r->index))
         fan_ring_leave(ring_of(r), r->index);
     if (r->kind == FAN_RECEIVER_STATEMENT) {
@@ -706,5 +779,6 @@ void fan_receiver_realign(pgfan_receiver *r, const char *reason)
     if (end_copy(r, reason, &f, &ok) != 0 && past_deadline(r))
         fan_manager_post_fault(r->manager, &f);
     r->has_deadline = 0;
+    r->cancel_pending = 0;
     PQsetnonblocking(r->conn, 0);
 }

@@ -16,50 +16,25 @@ const char *pgfan_version_string(void)
 const char *pgfan_strerror(int code)
 {
     switch (code) {
-    case PGFAN_OK:
-        return "success";
-    case PGFAN_EINVAL:
-        return "invalid argument";
-    case PGFAN_ENOMEM:
-        return "out of memory";
-    case PGFAN_ESTATE:
-        return "operation not valid in the current state";
-    case PGFAN_ENOTCOPY:
-        return "statement is not a COPY of the required direction";
-    case PGFAN_EFORMAT:
-        return "producer and receiver formats or columns differ";
-    case PGFAN_ESERVER:
-        return "the server reported an error";
-    case PGFAN_ECONN:
-        return "connection is broken or not usable";
-    case PGFAN_ECALLBACK:
-        return "a callback reported an error";
-    case PGFAN_EROWCOUNT:
-        return "row count differs from the producer's";
-    case PGFAN_EDATA:
-        return "malformed COPY data";
-    case PGFAN_ESTALL:
-        return "receiver stalled the copy";
-    case PGFAN_EABORTED:
-        return "the copy was aborted";
-    case PGFAN_ENORECEIVERS:
-        return "no receivers";
-    case PGFAN_EGONE:
-        return "the receiver's data has left the ring";
-    case PGFAN_ESYSTEM:
-        return "a system call failed";
-    case PGFAN_EPRODUCER:
-        return "the producer failed";
-    case PGFAN_ERECEIVER:
-        return "a receiver failed";
-    case PGFAN_EBUSY:
-        return "the connection is busy";
-    case PGFAN_EPARTIAL:
-        return "some targets committed and some did not";
-    case PGFAN_ESETTINGS:
-        return "session settings differ in a way that would change the data";
+#define STATUS_TEXT(name, value, text)                                                   \
+    case value:                                                                          \
+        return text;
+        PGFAN_STATUS_MAP(STATUS_TEXT)
+#undef STATUS_TEXT
     }
     return "unknown error";
+}
+
+const char *pgfan_status_name(int code)
+{
+    switch (code) {
+#define STATUS_NAME(name, value, text)                                                   \
+    case value:                                                                          \
+        return "PGFAN_" #name;
+        PGFAN_STATUS_MAP(STATUS_NAME)
+#undef STATUS_NAME
+    }
+    return "PGFAN_UNKNOWN";
 }
 
 const char *pgfan_format_name(pgfan_format format)

@@ -408,6 +408,15 @@ START_TEST(uri_passwords_are_masked)
     snprintf(uri, sizeof uri, "postgresql://%s:%s@127.0.0.1:%s/cli_target_1?password=%s",
              user, SECRET, port, SECRET);
     PQconninfoFree(opts);
+    /* libpq's complaint about a connection string quotes the bad part. */
+    cli_run bad =
+        run_cli("-s", conninfo[0], "-t", "postgresql://u:S3cr%zzet@127.0.0.1/db",
+                "--table", table, NULL);
+    ck_assert_int_eq(bad.code, 2);
+    ck_assert_msg(strstr(bad.err, "invalid connection string") &&
+                      !strstr(bad.err, "zzet"),
+                  "%s", bad.err);
+    cli_free(&bad);
     cli_run r = run_cli("-s", conninfo[0], "-t", uri, "--table", table, "--report", "-",
                         "--progress", NULL);
     ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
@@ -508,6 +517,334 @@ START_TEST(query_into_a_named_table)
 }
 END_TEST
 
+/* ---- honest endings ---- */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static pid_t spawn_cli(char *const argv[], char *out, char *err)
+{
+    close(mkstemp(out));
+    close(mkstemp(err));
+    return cli_spawn(argv, out, err);
+}
+
+/* Waits until a backend of database `dbname` waits on `event` (type:name),
+ * or the child exits; returns that backend's pid or 0. */
+static int wait_for_backend(PGconn *admin, const char *dbname, const char *event,
+                            pid_t child)
+{
+    for (int tries = 0; tries < 6000; tries++) {
+        char *pid =
+            pgt_value(admin,
+                      "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE "
+                      "datname = '%s' AND wait_event_type || ':' || wait_event = '%s'",
+                      dbname, event);
+        int p = atoi(pid);
+        free(pid);
+        if (p)
+            return p;
+        siginfo_t info = {0};
+        if (waitid(P_PID, (id_t)child, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            info.si_pid == child)
+            return 0; /* exited; left for cli_finish() to reap */
+        sleep_ms(10);
+    }
+    return 0;
+}
+
+/* A deferred constraint the data violates fails before the first COMMIT,
+ * so under --on-fault abort no target commits (it used to fail only at its
+ * own COMMIT, after others had committed). */
+START_TEST(deferred_constraint_fails_before_any_commit)
+{
+    char table[64];
+    new_tables(table, 3000);
+    PGconn *t = db(1);
+    pgt_exec(
+        t,
+        "ALTER TABLE %s ADD CONSTRAINT once UNIQUE (flag) DEFERRABLE INITIALLY DEFERRED",
+        table);
+    PQfinish(t);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                        conninfo[3], "--table", table, "--no-progress", NULL);
+    ck_assert_int_eq(r.code, 1);
+    ck_assert_msg(strstr(r.err, "target 1 (") && strstr(r.err, "SQLSTATE 23505"), "%s",
+                  r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    drop_tables(table);
+}
+END_TEST
+
+/* A report path that cannot be written is found before anything happens;
+ * a report that cannot be written after the commit does not turn it into
+ * a failure. */
+START_TEST(report_failures_never_misstate_the_outcome)
+{
+    char table[64];
+    new_tables(table, 500);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "--table", table,
+                        "--report", "/nonexistent-pgfan-dir/report.json", NULL);
+    ck_assert_int_eq(r.code, 2);
+    ck_assert_msg(strstr(r.err, "cannot write the report"), "%s", r.err);
+    assert_target(1, table, "0:0");
+    cli_free(&r);
+    /* stdout closed: the data is committed, exit 0, and the lost report is said. */
+    char *argv[] = {"/bin/sh",  "-c",        "exec \"$0\" \"$@\" >&-",
+                    (char *)"", "-s",        conninfo[0],
+                    "-t",       conninfo[1], "--table",
+                    table,      "--report",  "-",
+                    NULL};
+    argv[3] = (char *)getenv("PGFAN_CLI");
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int e = open("/tmp/pgfan-closed-stdout.err", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(e, 2);
+        execv("/bin/sh", argv);
+        _exit(127);
+    }
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    char *err = cli_slurp("/tmp/pgfan-closed-stdout.err");
+    unlink("/tmp/pgfan-closed-stdout.err");
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d: %s", status,
+                  err);
+    ck_assert_msg(strstr(err, "report could not be written"), "%s", err);
+    free(err);
+    char *want = source_checksum(table);
+    assert_target(1, table, want);
+    free(want);
+    drop_tables(table);
+}
+END_TEST
+
+/* When the source fails, the report says why every target rolled back. */
+START_TEST(source_failure_is_named_in_the_report)
+{
+    char table[64];
+    new_tables(table, 10);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "--query",
+                        "SELECT g::int8 AS id, (1 / (20000 - g))::text AS name FROM "
+                        "generate_series(1, 40000) g",
+                        "--into", table, "--report", "-", "--no-progress", NULL);
+    ck_assert_int_eq(r.code, 1);
+    ck_assert_msg(strstr(r.out, "\"source\": {\"sqlstate\": \"22012\", \"error\": "
+                                "\"division by zero\"}"),
+                  "%s", r.out);
+    ck_assert_ptr_nonnull(strstr(r.out, "\"state\": \"rolled_back\""));
+    assert_target(1, table, "0:0");
+    cli_free(&r);
+    drop_tables(table);
+}
+END_TEST
+
+/* The source table as a target would double itself (or, with --truncate,
+ * deadlock against its own read): refused before anything happens. */
+START_TEST(the_source_table_is_never_its_own_target)
+{
+    char table[64];
+    new_tables(table, 700);
+    char *before = source_checksum(table);
+    for (int truncate = 0; truncate < 2; truncate++) {
+        cli_run r =
+            run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[0], "--table",
+                    table, truncate ? "--truncate" : "--no-progress", NULL);
+        ck_assert_int_eq(r.code, 2);
+        ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "source table itself"),
+                      "%s", r.err);
+        cli_free(&r);
+    }
+    char *after = source_checksum(table);
+    ck_assert_str_eq(after, before);
+    assert_target(1, table, "0:0");
+    free(before), free(after);
+    drop_tables(table);
+}
+END_TEST
+
+/* Two --atomic runs with the same pid (1, in their own pid namespaces) use
+ * different transaction ids, announced before they prepare. */
+START_TEST(atomic_run_ids_are_unique_across_pid_namespaces)
+{
+    char table[2][64], out[2][40], err[2][40];
+    pid_t pid[2];
+    for (int k = 0; k < 2; k++) {
+        new_tables(table[k], 2000);
+        snprintf(out[k], sizeof out[k], "/tmp/pgfan-ns-out.XXXXXX");
+        snprintf(err[k], sizeof err[k], "/tmp/pgfan-ns-err.XXXXXX");
+        char *argv[] = {
+            "unshare",  "--pid",         "--fork",  (char *)getenv("PGFAN_CLI"),
+            "-s",       conninfo[0],     "-t",      conninfo[1],
+            "-t",       conninfo[2],     "--table", table[k],
+            "--atomic", "--no-progress", NULL};
+        close(mkstemp(out[k]));
+        close(mkstemp(err[k]));
+        pid[k] = fork();
+        ck_assert_int_ge(pid[k], 0);
+        if (pid[k] == 0) {
+            int o = open(out[k], O_WRONLY | O_TRUNC),
+                e = open(err[k], O_WRONLY | O_TRUNC);
+            dup2(o, 1);
+            dup2(e, 2);
+            execvp("unshare", argv);
+            _exit(127);
+        }
+    }
+    char id[2][33];
+    for (int k = 0; k < 2; k++) {
+        cli_run r = cli_finish(pid[k], out[k], err[k]);
+        ck_assert_msg(r.code == 0, "run %d: exit %d: %s", k, r.code, r.err);
+        const char *p = strstr(r.err, "preparing transactions pgfan_");
+        ck_assert_msg(p, "%s", r.err);
+        p += strlen("preparing transactions pgfan_");
+        ck_assert_int_eq((int)strspn(p, "0123456789abcdef"), 32);
+        memcpy(id[k], p, 32);
+        id[k][32] = '\0';
+        cli_free(&r);
+        char *want = source_checksum(table[k]);
+        assert_target(1, table[k], want); /* and nothing left prepared */
+        assert_target(2, table[k], want);
+        free(want);
+        drop_tables(table[k]);
+    }
+    ck_assert_str_ne(id[0], id[1]);
+}
+END_TEST
+
+/*
+ * A COMMIT (or PREPARE, or COMMIT PREPARED) whose connection is lost: the
+ * server is asked what happened, never guessed.  The target's database
+ * waits for a synchronous standby that does not exist, so its commits
+ * hang after committing locally; the test terminates the waiting backend,
+ * which is exactly "committed, answer lost".
+ */
+START_TEST(a_lost_commit_is_settled_by_asking_the_server)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *admin = db(0);
+    char *has =
+        pgt_value(admin, "SELECT count(*) FROM pg_database WHERE datname = 'cli_sync'");
+    if (strcmp(has, "0") == 0)
+        pgt_exec(admin, "CREATE DATABASE cli_sync");
+    free(has);
+    pgt_exec(admin, "ALTER DATABASE cli_sync SET synchronous_commit = on");
+    char sync[1200];
+    snprintf(sync, sizeof sync, "%s dbname=cli_sync", base);
+    PGconn *sc = PQconnectdb(sync);
+    ck_assert_int_eq(PQstatus(sc), CONNECTION_OK);
+    pgt_exec(sc, "SET synchronous_commit = local");
+    pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
+    pgt_mixed_table(sc, table, 0);
+    pgt_exec(admin, "ALTER SYSTEM SET synchronous_standby_names = 'pgfan_nobody'");
+    pgt_exec(admin, "SELECT pg_reload_conf()");
+    char *argv[] = {"pgfan",
+                    "-s",
+                    conninfo[0],
+                    "-t",
+                    conninfo[1],
+                    "-t",
+                    sync,
+                    "--table",
+                    table,
+                    "--report",
+                    "-",
+                    "--no-progress",
+                    _i ? "--atomic" : NULL,
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    int killed = 0, backend;
+    while ((backend = wait_for_backend(admin, "cli_sync", "IPC:SyncRep", pid)) != 0) {
+        pgt_exec(admin, "SELECT pg_terminate_backend(%d)", backend);
+        killed++;
+    }
+    pgt_exec(admin, "ALTER SYSTEM RESET synchronous_standby_names");
+    pgt_exec(admin, "SELECT pg_reload_conf()");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(killed >= 1, "no commit waited: %s", r.err);
+    ck_assert_msg(r.code == 0, "exit %d after %d lost answers: %s", r.code, killed,
+                  r.err);
+    ck_assert_ptr_null(strstr(r.out, "\"state\": \"unknown\""));
+    char *want = source_checksum(table);
+    char *got = pgt_checksum(sc, table);
+    ck_assert_str_eq(got, want);
+    char *prepared = pgt_value(sc, "SELECT count(*) FROM pg_prepared_xacts");
+    ck_assert_str_eq(prepared, "0");
+    free(prepared), free(got), free(want);
+    cli_free(&r);
+    pgt_exec(sc, "DROP TABLE %s", table);
+    PQfinish(sc);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
+/* SIGTERM while a TRUNCATE waits for a lock held elsewhere: the statement
+ * is cancelled and pgfan exits 130 with nothing committed. */
+START_TEST(a_signal_interrupts_a_blocked_statement)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *holder = db(2);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "LOCK TABLE %s IN ACCESS SHARE MODE", table);
+    char *argv[] = {"pgfan",     "-s",         conninfo[0],     "-t",
+                    conninfo[1], "-t",         conninfo[2],     "--table",
+                    table,       "--truncate", "--no-progress", NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    PGconn *admin = db(0);
+    int backend = wait_for_backend(admin, "cli_target_2", "Lock:relation", pid);
+    ck_assert_int_ne(backend, 0);
+    kill(pid, SIGTERM);
+    cli_run r = cli_finish(pid, out, err);
+    pgt_exec(holder, "ROLLBACK");
+    ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(admin);
+    PQfinish(holder);
+    drop_tables(table);
+}
+END_TEST
+
+/* A target blocked on a row lock with --on-fault drop --stall-timeout: it
+ * is stalled out, cancelled and rolled back; the others commit; pgfan
+ * exits 3 and leaves no COPY behind. */
+START_TEST(a_lock_blocked_target_is_dropped_and_the_rest_commit)
+{
+    char table[64];
+    new_tables(table, 200000);
+    PGconn *t = db(2), *blocker = db(2);
+    pgt_exec(t, "ALTER TABLE %s ADD PRIMARY KEY (id)", table);
+    pgt_exec(blocker, "BEGIN");
+    pgt_exec(blocker, "INSERT INTO %s (id) VALUES (5000)", table);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                        conninfo[3], "--table", table, "--on-fault", "drop",
+                        "--stall-timeout", "1", "--report", "-", "--no-progress", NULL);
+    pgt_assert_no_copy_running(t); /* before the blocker lets go */
+    pgt_exec(blocker, "ROLLBACK");
+    ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "held the copy back"),
+                  "%s", r.err);
+    char *want = source_checksum(table);
+    assert_target(1, table, want);
+    assert_target(2, table, "0:0");
+    assert_target(3, table, want);
+    free(want);
+    cli_free(&r);
+    PQfinish(t);
+    PQfinish(blocker);
+    drop_tables(table);
+}
+END_TEST
+
 static Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -526,6 +863,14 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, sigint_aborts_cleanly);
     tcase_add_test(tc, help_and_version);
     tcase_add_test(tc, query_into_a_named_table);
+    tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
+    tcase_add_test(tc, report_failures_never_misstate_the_outcome);
+    tcase_add_test(tc, source_failure_is_named_in_the_report);
+    tcase_add_test(tc, the_source_table_is_never_its_own_target);
+    tcase_add_test(tc, atomic_run_ids_are_unique_across_pid_namespaces);
+    tcase_add_loop_test(tc, a_lost_commit_is_settled_by_asking_the_server, 0, 2);
+    tcase_add_test(tc, a_signal_interrupts_a_blocked_statement);
+    tcase_add_test(tc, a_lock_blocked_target_is_dropped_and_the_rest_commit);
     suite_add_tcase(s, tc);
     return s;
 }

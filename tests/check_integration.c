@@ -10,6 +10,7 @@
 #include <pgfan.h>
 
 #include "pgtest.h"
+#include "status_check.h"
 
 Suite *faults_suite(void);
 Suite *soak_suite(void);
@@ -178,17 +179,17 @@ START_TEST(iterator_producer_to_statement_receivers)
     row_source src = {.next = 1, .last = 200000};
     pgfan_producer *p;
     pgfan_manager *m;
-    ck_assert_int_eq(
+    ck_assert_status(
         pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, yield_split_rows, &src),
         PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_status(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
     for (size_t i = 0; i < f.n; i++) {
         pgfan_receiver *r;
-        ck_assert_int_eq(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
+        ck_assert_status(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
                          PGFAN_OK);
-        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+        ck_assert_status(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
     }
-    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    ck_assert_status(pgfan_manager_run(m), PGFAN_OK);
     for (size_t i = 0; i < f.n; i++) {
         pgfan_receiver_result rr;
         pgfan_manager_receiver(m, i, &rr);
@@ -216,15 +217,15 @@ START_TEST(statement_producer_to_call_receivers)
     pgt_buffer got[3] = {{0}};
     pgfan_producer *p;
     pgfan_manager *m;
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, sql), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_status(pgfan_producer_new_statement(&p, c, sql), PGFAN_OK);
+    ck_assert_status(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
     for (size_t i = 0; i < 3; i++) {
         pgfan_receiver *r;
-        ck_assert_int_eq(pgfan_receiver_new_call(&r, pgt_buffer_chunk, &got[i]),
+        ck_assert_status(pgfan_receiver_new_call(&r, pgt_buffer_chunk, &got[i]),
                          PGFAN_OK);
-        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+        ck_assert_status(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
     }
-    ck_assert_int_eq(pgfan_manager_run(m), PGFAN_OK);
+    ck_assert_status(pgfan_manager_run(m), PGFAN_OK);
     pgfan_progress pr;
     pgfan_manager_progress(m, &pr);
     ck_assert_uint_eq(pr.producer_rows, 30000);
@@ -259,21 +260,21 @@ START_TEST(manager_reports_progress)
     pgfan_options o;
     pgfan_options_init(&o);
     o.progress_ms = 10;
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, f.source, sql), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_OK);
+    ck_assert_status(pgfan_producer_new_statement(&p, f.source, sql), PGFAN_OK);
+    ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_OK);
     for (size_t i = 0; i < f.n; i++) {
         pgfan_receiver *r;
-        ck_assert_int_eq(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
+        ck_assert_status(pgfan_receiver_new_statement(&r, f.targets[i], f.copy_in[i]),
                          PGFAN_OK);
-        ck_assert_int_eq(pgfan_receiver_set_label(r, i ? "second" : "first"), PGFAN_OK);
-        ck_assert_int_eq(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
+        ck_assert_status(pgfan_receiver_set_label(r, i ? "second" : "first"), PGFAN_OK);
+        ck_assert_status(pgfan_manager_add_receiver(m, r, NULL), PGFAN_OK);
     }
-    ck_assert_int_eq(pgfan_manager_start(m), PGFAN_OK);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     pgfan_event ev;
     uint64_t last_bytes = 0;
     int ticks = 0;
     do {
-        ck_assert_int_eq(pgfan_manager_next(m, &ev), PGFAN_OK);
+        ck_assert_status(pgfan_manager_next(m, &ev), PGFAN_OK);
         ck_assert_int_ne(ev.type, PGFAN_EVENT_FAULT);
         pgfan_progress pr;
         pgfan_manager_progress(m, &pr);
@@ -288,7 +289,7 @@ START_TEST(manager_reports_progress)
         ticks += ev.type == PGFAN_EVENT_PROGRESS;
     } while (ev.type != PGFAN_EVENT_END);
     ck_assert_int_gt(ticks, 0);
-    ck_assert_int_eq(pgfan_manager_finish(m), PGFAN_OK);
+    ck_assert_status(pgfan_manager_finish(m), PGFAN_OK);
     pgfan_receiver_result rr;
     pgfan_manager_receiver(m, 1, &rr);
     ck_assert_str_eq(rr.label, "second");
@@ -310,12 +311,12 @@ START_TEST(non_copy_statements_are_refused)
     PGconn *c = pgt_connect();
     pgfan_producer *p;
     pgfan_receiver *r;
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "SELECT 1"), PGFAN_ENOTCOPY);
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "COPY t FROM STDIN"),
+    ck_assert_status(pgfan_producer_new_statement(&p, c, "SELECT 1"), PGFAN_ENOTCOPY);
+    ck_assert_status(pgfan_producer_new_statement(&p, c, "COPY t FROM STDIN"),
                      PGFAN_ENOTCOPY);
-    ck_assert_int_eq(pgfan_receiver_new_statement(&r, c, "DELETE FROM pg_class"),
+    ck_assert_status(pgfan_receiver_new_statement(&r, c, "DELETE FROM pg_class"),
                      PGFAN_ENOTCOPY);
-    ck_assert_int_eq(pgfan_receiver_new_statement(&r, c, "COPY t TO STDOUT"),
+    ck_assert_status(pgfan_receiver_new_statement(&r, c, "COPY t TO STDOUT"),
                      PGFAN_ENOTCOPY);
     ck_assert_int_eq(
         pgfan_receiver_new_statement(&r, c, "COPY t FROM STDIN; DROP TABLE t"),
@@ -406,7 +407,7 @@ START_TEST(caller_transaction_is_left_to_the_caller)
     pgt_exec(f.targets[0], "BEGIN");
     snprintf(sql, sizeof sql, "COPY %s TO STDOUT", src);
     pgfan_transfer_result res;
-    ck_assert_int_eq(
+    ck_assert_status(
         pgfan_transfer(f.source, sql, 2, f.targets, f.copy_in_ptr, NULL, &res, NULL),
         PGFAN_OK);
     ck_assert_int_eq(PQtransactionStatus(f.targets[0]), PQTRANS_INTRANS);
@@ -431,16 +432,16 @@ START_TEST(same_connection_twice_is_refused)
     pgfan_producer *p;
     pgfan_receiver *r1, *r2;
     pgfan_manager *m;
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, c, "COPY a TO STDOUT"), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
-    ck_assert_int_eq(pgfan_receiver_new_statement(&r1, c, "COPY b FROM STDIN"), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_add_receiver(m, r1, NULL), PGFAN_EINVAL);
+    ck_assert_status(pgfan_producer_new_statement(&p, c, "COPY a TO STDOUT"), PGFAN_OK);
+    ck_assert_status(pgfan_manager_new(&m, p, NULL), PGFAN_OK);
+    ck_assert_status(pgfan_receiver_new_statement(&r1, c, "COPY b FROM STDIN"), PGFAN_OK);
+    ck_assert_status(pgfan_manager_add_receiver(m, r1, NULL), PGFAN_EINVAL);
     PGconn *d = pgt_connect();
-    ck_assert_int_eq(pgfan_receiver_new_statement(&r2, d, "COPY b FROM STDIN"), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_add_receiver(m, r2, NULL), PGFAN_OK);
+    ck_assert_status(pgfan_receiver_new_statement(&r2, d, "COPY b FROM STDIN"), PGFAN_OK);
+    ck_assert_status(pgfan_manager_add_receiver(m, r2, NULL), PGFAN_OK);
     pgfan_receiver *r3;
-    ck_assert_int_eq(pgfan_receiver_new_statement(&r3, d, "COPY c FROM STDIN"), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_add_receiver(m, r3, NULL), PGFAN_EINVAL);
+    ck_assert_status(pgfan_receiver_new_statement(&r3, d, "COPY c FROM STDIN"), PGFAN_OK);
+    ck_assert_status(pgfan_manager_add_receiver(m, r3, NULL), PGFAN_EINVAL);
     pgfan_receiver_free(r1);
     pgfan_receiver_free(r3);
     pgfan_manager_free(m);
@@ -520,7 +521,7 @@ START_TEST(settings_that_change_data_are_refused_at_start)
     int rc = transfer_with_settings(cases[_i].setup, cases[_i].format, 0, &res);
     ck_assert_msg(rc == PGFAN_ESETTINGS, "case %d: got %s: %s", _i, pgfan_strerror(rc),
                   res.error.message);
-    ck_assert_int_eq(res.error.code, PGFAN_ESETTINGS);
+    ck_assert_status(res.error.code, PGFAN_ESETTINGS);
     ck_assert_int_eq(res.error.receiver, cases[_i].who);
     for (int k = 0; k < 3; k++)
         ck_assert_msg(strstr(res.error.message, cases[_i].says[k]), "case %d: %s", _i,
@@ -543,8 +544,8 @@ START_TEST(settings_that_do_not_change_data_are_accepted)
     static const char *const sql_dmy[3] = {"SET DateStyle = 'SQL, DMY'",
                                            "SET DateStyle = 'SQL, MDY'", "SELECT 1"};
     pgfan_transfer_result res;
-    ck_assert_int_eq(transfer_with_settings(iso, "text", 0, &res), PGFAN_OK);
-    ck_assert_int_eq(transfer_with_settings(sql_dmy, "binary", 0, &res), PGFAN_OK);
+    ck_assert_status(transfer_with_settings(iso, "text", 0, &res), PGFAN_OK);
+    ck_assert_status(transfer_with_settings(sql_dmy, "binary", 0, &res), PGFAN_OK);
     ck_assert_uint_eq(res.rows, 100);
 }
 END_TEST
@@ -585,7 +586,7 @@ START_TEST(transfer_over_tls)
     char copy_out[256];
     snprintf(copy_out, sizeof copy_out, "COPY %s TO STDOUT", src);
     pgfan_transfer_result res;
-    ck_assert_int_eq(
+    ck_assert_status(
         pgfan_transfer(source, copy_out, 2, targets, copy_in_ptr, NULL, &res, NULL),
         PGFAN_OK);
     ck_assert_uint_eq(res.rows, 20000);

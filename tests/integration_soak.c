@@ -17,6 +17,7 @@
 #include <pgfan.h>
 
 #include "pgtest.h"
+#include "status_check.h"
 
 Suite *soak_suite(void);
 
@@ -150,18 +151,18 @@ static pgfan_manager *round_manager(soak_case *r)
         snprintf(sql, sizeof sql, "COPY " SOAK_SOURCE " TO STDOUT");
     pgfan_producer *p;
     pgfan_manager *m;
-    ck_assert_int_eq(pgfan_producer_new_statement(&p, r->f.source, sql), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_new(&m, p, &o), PGFAN_OK);
+    ck_assert_status(pgfan_producer_new_statement(&p, r->f.source, sql), PGFAN_OK);
+    ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_OK);
     for (size_t i = 0; i < NTARGETS; i++) {
         pgfan_receiver *rc;
-        ck_assert_int_eq(
+        ck_assert_status(
             pgfan_receiver_new_statement(&rc, r->f.targets[i], r->f.copy_in[i]),
             PGFAN_OK);
-        ck_assert_int_eq(pgfan_manager_add_receiver(m, rc, NULL), PGFAN_OK);
+        ck_assert_status(pgfan_manager_add_receiver(m, rc, NULL), PGFAN_OK);
     }
     pgfan_receiver *call;
-    ck_assert_int_eq(pgfan_receiver_new_call(&call, failing_chunk, &r->sink), PGFAN_OK);
-    ck_assert_int_eq(pgfan_manager_add_receiver(m, call, NULL), PGFAN_OK);
+    ck_assert_status(pgfan_receiver_new_call(&call, failing_chunk, &r->sink), PGFAN_OK);
+    ck_assert_status(pgfan_manager_add_receiver(m, call, NULL), PGFAN_OK);
     return m;
 }
 
@@ -178,7 +179,7 @@ static void inject(soak_case *r, pgfan_manager *m, PGconn *admin)
         ck_assert_int_eq(kill(r->stopped_pid, SIGSTOP), 0);
         break;
     case CALLER_ABORT:
-        ck_assert_int_eq(pgfan_manager_abort(m, "soak: caller abort"), PGFAN_OK);
+        ck_assert_status(pgfan_manager_abort(m, "soak: caller abort"), PGFAN_OK);
         break;
     default: /* planted before the start */
         break;
@@ -197,11 +198,11 @@ static void on_fault(soak_case *r, pgfan_manager *m, const pgfan_fault *f)
 {
     r->faults++;
     if (r->kind == CALLBACK_ERROR && f->receiver == CALLBACK && f->reconcilable)
-        ck_assert_int_eq(pgfan_manager_reconcile(m, CALLBACK), PGFAN_OK);
+        ck_assert_status(pgfan_manager_reconcile(m, CALLBACK), PGFAN_OK);
     if (r->kind == STOP_TARGET && f->receiver == (int)r->victim &&
         f->code == PGFAN_ESTALL) {
         resume_stopped(r);
-        ck_assert_int_eq(pgfan_manager_drop(m, r->victim), PGFAN_OK);
+        ck_assert_status(pgfan_manager_drop(m, r->victim), PGFAN_OK);
     }
 }
 
@@ -216,7 +217,7 @@ static int run_round(soak_case *r, pgfan_manager *m, PGconn *admin)
         if (pgfan_manager_next(m, &ev) != PGFAN_OK)
             break;
         pgfan_progress pr;
-        ck_assert_int_eq(pgfan_manager_progress(m, &pr), PGFAN_OK);
+        ck_assert_status(pgfan_manager_progress(m, &pr), PGFAN_OK);
         if (!r->injected && pr.producer_bytes >= r->point) {
             inject(r, m, admin);
             clock_gettime(CLOCK_MONOTONIC, &stopped_at);
@@ -245,7 +246,7 @@ static void check_outcome(soak_case *r, pgfan_manager *m, int rc, const char *wa
     int committed = 0;
     for (size_t i = 0; i < NTARGETS; i++) {
         pgfan_receiver_result rr;
-        ck_assert_int_eq(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
         PGconn *c = r->f.targets[i];
         int lost = PQstatus(c) != CONNECTION_OK;
         if (lost) { /* terminated: look from the admin side */
@@ -270,7 +271,7 @@ static void check_outcome(soak_case *r, pgfan_manager *m, int rc, const char *wa
         }
     }
     pgfan_receiver_result cb;
-    ck_assert_int_eq(pgfan_manager_receiver(m, CALLBACK, &cb), PGFAN_OK);
+    ck_assert_status(pgfan_manager_receiver(m, CALLBACK, &cb), PGFAN_OK);
     if (cb.state == PGFAN_RECEIVER_DONE) {
         ck_assert_uint_eq(r->sink.got.len, want_bytes->len);
         ck_assert_int_eq(memcmp(r->sink.got.data, want_bytes->data, want_bytes->len), 0);
@@ -278,7 +279,7 @@ static void check_outcome(soak_case *r, pgfan_manager *m, int rc, const char *wa
     pgt_assert_usable(r->f.source);
     switch (r->kind) {
     case SOURCE_ERROR:
-        ck_assert_int_eq(rc, PGFAN_EPRODUCER);
+        ck_assert_status(rc, PGFAN_EPRODUCER);
         ck_assert_int_eq(committed, 0);
         break;
     case CONSTRAINT_VIOLATION: {
@@ -288,11 +289,11 @@ static void check_outcome(soak_case *r, pgfan_manager *m, int rc, const char *wa
         break;
     }
     case CALLER_ABORT:
-        ck_assert_int_eq(rc, PGFAN_EABORTED);
+        ck_assert_status(rc, PGFAN_EABORTED);
         ck_assert_int_eq(committed, 0);
         break;
     case CALLBACK_ERROR:
-        ck_assert_int_eq(rc, PGFAN_OK);
+        ck_assert_status(rc, PGFAN_OK);
         ck_assert_int_eq(committed, NTARGETS);
         ck_assert_int_eq(cb.state, PGFAN_RECEIVER_DONE);
         break;

@@ -45,6 +45,12 @@ START_TEST(masks_uri_passwords)
     ck_assert_str_eq(masked("postgres://h?u:pw@x"), "postgres://h?u:********@x");
     ck_assert_str_eq(masked("postgres://h/db?pass%77ord=pw&a=b"),
                      "postgres://h/db?pass%77ord=********&a=b");
+    /* An unencoded '/' in the password, and the TLS key's password. */
+    ck_assert_str_eq(masked("postgresql://u:pa/ss@h/db"), "postgresql://u:********@h/db");
+    ck_assert_str_eq(masked("postgres://u@h/db?sslpassword=pw"),
+                     "postgres://u@h/db?sslpassword=********");
+    ck_assert_str_eq(masked("host=h sslpassword=pw dbname=d"),
+                     "host=h sslpassword=******** dbname=d");
 }
 END_TEST
 

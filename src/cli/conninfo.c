@@ -36,11 +36,10 @@ static int is_uri(const char *c)
     return strncmp(c, "postgresql://", 13) == 0 || strncmp(c, "postgres://", 11) == 0;
 }
 
-/* True if the percent-encoded URI parameter name [k, end) is "password". */
-static int is_password_key(const char *k, const char *end)
+/* True if the percent-encoded URI parameter name [k, end) is `want`. */
+static int is_key(const char *k, const char *end, const char *want)
 {
-    static const char want[] = "password";
-    size_t i = 0;
+    size_t i = 0, wlen = strlen(want);
     while (k < end) {
         int c = (unsigned char)*k++;
         if (c == '%' && end - k >= 2 && isxdigit((unsigned char)k[0]) &&
@@ -49,10 +48,15 @@ static int is_password_key(const char *k, const char *end)
             c = (int)strtol(hex, NULL, 16);
             k += 2;
         }
-        if (i >= sizeof want - 1 || c != want[i++])
+        if (i >= wlen || c != want[i++])
             return 0;
     }
-    return i == sizeof want - 1;
+    return i == wlen;
+}
+
+static int is_password_key(const char *k, const char *end)
+{
+    return is_key(k, end, "password") || is_key(k, end, "sslpassword");
 }
 
 /*
@@ -66,17 +70,21 @@ static int is_password_key(const char *k, const char *end)
 static void mask_uri(const char *c, sink *s)
 {
     const char *scheme_end = strstr(c, "://") + 3;
-    const char *auth_end = scheme_end + strcspn(scheme_end, "/");
-    const char *at = memchr(scheme_end, '@', (size_t)(auth_end - scheme_end));
-    const char *p = scheme_end;
+    /* libpq's user info ends at the first '@' before any '/' (a '?' does
+     * not stop it).  A password may also hold '@' and '/' unencoded: so
+     * everything up to the last '@' before the query is hidden (more, at
+     * worst, never less). */
+    const char *first = scheme_end + strcspn(scheme_end, "@/");
+    const char *from = *first == '@' ? first : scheme_end;
+    const char *query = from + strcspn(from, "?");
+    const char *at = NULL, *p = scheme_end;
+    for (const char *q = scheme_end; q < query; q++)
+        if (*q == '@')
+            at = q;
     put(s, c, (size_t)(scheme_end - c));
     if (at) {
         const char *colon = memchr(scheme_end, ':', (size_t)(at - scheme_end));
         if (colon) {
-            const char *host = at + 1, *host_end = host + strcspn(host, "/?");
-            for (const char *q = host; q < host_end; q++)
-                if (*q == '@')
-                    at = q;
             put(s, scheme_end, (size_t)(colon - scheme_end) + 1);
             put_mask(s, 0);
         } else {
@@ -145,7 +153,8 @@ static void mask_pairs(const char *c, sink *s)
             }
         }
         put(s, start, (size_t)(value - start));
-        if (keylen == 8 && strncmp(key, "password", 8) == 0)
+        if ((keylen == 8 && strncmp(key, "password", 8) == 0) ||
+            (keylen == 11 && strncmp(key, "sslpassword", 11) == 0))
             put_mask(s, quoted);
         else
             put(s, value, (size_t)(p - value));

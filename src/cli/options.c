@@ -57,7 +57,8 @@ const char cli_usage[] =
     "\n"
     "Exit status: 0 every target committed; 1 the copy failed and no target\n"
     "committed; 2 usage error or an error found before any data moved;\n"
-    "3 some targets committed and some did not; 130 interrupted.\n";
+    "3 some targets committed and some did not; 4 the outcome of a target is\n"
+    "unknown (its COMMIT went unanswered); 130 interrupted, nothing committed.\n";
 
 enum {
     OPT_TABLE = 256,

@@ -539,6 +539,35 @@ static void target_statements(const cli_options *o, size_t i, char relkind,
                                         p->target_table[i]);
 }
 
+/* Which server and database a session is in: the postmaster's start time
+ * (to the microsecond) and the database's OID. */
+static char *database_identity(PGconn *c)
+{
+    return one_value(c,
+                     "SELECT pg_postmaster_start_time()::text || '/' || oid FROM "
+                     "pg_database WHERE datname = current_database()",
+                     0, NULL);
+}
+
+/* A target that is the source table itself would double it (or, with
+ * --truncate, empty it and deadlock against its own read). */
+static int refuse_self_copy(PGconn *source, PGconn *target, int who, const relation *src,
+                            const relation *rel, cli_fail *f)
+{
+    if (!src->oid || strcmp(src->oid, rel->oid) != 0)
+        return 0;
+    char *a = database_identity(source), *b = database_identity(target);
+    int same = a && b && strcmp(a, b) == 0;
+    free(a);
+    free(b);
+    if (same)
+        fail_set(f, who, NULL,
+                 "%s on this target is the source table itself (same server and "
+                 "database): copying it into itself would double it",
+                 rel->qualified);
+    return same ? -1 : 0;
+}
+
 /* The target table's name: --into, else the source table's own
  * schema-qualified name, whatever the target's search_path.  An
  * unqualified --into is taken in the source table's schema (with --table)
@@ -581,6 +610,7 @@ int plan_copy(const cli_options *o, PGconn *source, PGconn *const targets[], pla
     for (size_t i = 0; i < o->ntargets && !o->copy_in; i++) {
         relation rel = {0};
         int ok = target_relation(o, targets[i], (int)i, &src, &rel, f) == 0 &&
+                 refuse_self_copy(source, targets[i], (int)i, &src, &rel, f) == 0 &&
                  check_target(o, targets[i], (int)i, &rel, &cols, &dest, &b, f) == 0;
         p->target_table[i] = rel.qualified;
         relkind[i] = rel.relkind;

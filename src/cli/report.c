@@ -13,6 +13,8 @@ const char *outcome_name(target_outcome o)
         return "dropped";
     case OUTCOME_FAILED:
         return "failed";
+    case OUTCOME_UNKNOWN:
+        return "unknown";
     case OUTCOME_PENDING:
         break;
     }
@@ -44,9 +46,21 @@ static double mb_per_s(uint64_t bytes, double seconds)
     return seconds > 0 ? (double)bytes / 1e6 / seconds : 0.0;
 }
 
+static void json_or_null(FILE *out, const char *s)
+{
+    if (s[0])
+        json_string(out, s);
+    else
+        fputs("null", out);
+}
+
 int write_json_report(FILE *out, const run_report *r)
 {
-    fputs("{\n  \"targets\": [", out);
+    fputs("{\n  \"source\": {\"sqlstate\": ", out);
+    json_or_null(out, r->source_sqlstate);
+    fputs(", \"error\": ", out);
+    json_or_null(out, r->source_error);
+    fputs("},\n  \"targets\": [", out);
     for (size_t i = 0; i < r->ntargets; i++) {
         const target_report *t = &r->targets[i];
         fputs(i ? ",\n    {" : "\n    {", out);

@@ -12,7 +12,8 @@ typedef enum target_outcome {
     OUTCOME_COMMITTED,
     OUTCOME_ROLLED_BACK, /* its COPY was fine, but the copy as a whole failed */
     OUTCOME_DROPPED,     /* faulted and dropped under --on-fault drop */
-    OUTCOME_FAILED       /* its own COPY or commit failed */
+    OUTCOME_FAILED,      /* its own COPY or commit failed */
+    OUTCOME_UNKNOWN      /* its COMMIT's answer was lost and could not be settled */
 } target_outcome;
 
 typedef struct target_report {
@@ -32,6 +33,8 @@ typedef struct run_report {
     double seconds;
     pgfan_format format;
     char format_reason[640]; /* why --format auto chose text */
+    char source_sqlstate[6]; /* the source's failure, if it failed */
+    char source_error[PGFAN_MESSAGE_MAX];
 } run_report;
 
 const char *outcome_name(target_outcome o);
