@@ -147,7 +147,8 @@ typedef struct pgfan_fault {
     int code;         /* a pgfan_status */
     int reconcilable; /* the receiver can resume: pgfan_manager_reconcile() */
     char sqlstate[6];
-    char message[PGFAN_MESSAGE_MAX];
+    char message[PGFAN_MESSAGE_MAX]; /* what went wrong, without the party's name */
+    char label[128];                 /* the party: a receiver's label, "source" */
     uint64_t bytes;
     uint64_t rows;
 } pgfan_fault;
@@ -369,6 +370,9 @@ typedef struct pgfan_receiver_result {
     char label[128];
     uint64_t notices; /* notices its server sent during the copy (counted when
                          the connection has libpq's default notice receiver) */
+    int may_commit;   /* after finish: its COPY completed (DONE) and the copy as a
+                         whole allows it to commit (policy abort: every receiver
+                         succeeded; drop: the source ended and it did) */
 } pgfan_receiver_result;
 
 PGFAN_EXTERN int pgfan_manager_receiver(const pgfan_manager *manager, size_t index,

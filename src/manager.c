@@ -1,22 +1,50 @@
 /*
- * The manager: owns the producer, the receivers, the ring and the threads.
- * It runs in the caller's thread and never touches the data path: it
- * watches states, collects faults, applies the policy and decides, once,
- * whether the copy commits (CopyDone) or fails (CopyFail).
+ * The manager: owns the producer, the receivers and the shared object, and
+ * runs in the caller's thread.  It never touches the data path and never
+ * writes a producer's or receiver's fields: it commands them through their
+ * modules, reads what they publish, collects faults, applies the policy
+ * and decides, once, whether the copy commits (only in finish()) or fails.
  */
-#include "internal.h"
-#include "settings.h"
-
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "clock.h"
+#include "pq.h"
+#include "producer.h"
+#include "receiver.h"
+#include "settings.h"
+#include "shared.h"
+
+enum fan_phase { FAN_PHASE_NEW, FAN_PHASE_STARTED, FAN_PHASE_FINISHED };
+
+/* The manager's own bookkeeping per receiver (its thread only). */
+typedef struct receiver_watch {
+    struct timespec stalled_since;
+    uint64_t stalled_at; /* the `moved` count that has not changed since then */
+    int stalling;
+    struct timespec hold_until; /* a reconcilable fault waits until then */
+    int holding;
+} receiver_watch;
+
+struct pgfan_manager {
+    fan_shared shared;
+    pgfan_producer *producer;
+    pgfan_receiver **receivers;
+    receiver_watch *watch;
+    size_t nreceivers, receivers_cap;
+    enum fan_phase phase;
+    struct timespec started_at, finished_at;
+    size_t faults_reported;
+    int end_reported;
+    int failure; /* the status finish() returns */
+};
 
 int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
                       const pgfan_options *opts)
 {
     pgfan_options o;
-    if (!out || !producer || producer->manager)
+    if (!out || !producer || fan_producer_is_attached(producer))
         return PGFAN_EINVAL;
     *out = NULL;
     if (opts)
@@ -31,77 +59,45 @@ int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
     pgfan_manager *m = calloc(1, sizeof *m);
     if (!m)
         return PGFAN_ENOMEM;
-    m->wake.fd = -1;
-    if (fan_waiter_init(&m->wake) != 0) {
+    if (fan_shared_init(&m->shared, &o) != 0) {
         free(m);
         return PGFAN_ESYSTEM;
     }
-    if (pthread_mutex_init(&m->lock, NULL) != 0) {
-        fan_waiter_destroy(&m->wake);
-        free(m);
-        return PGFAN_ESYSTEM;
-    }
-    m->opts = o;
     m->producer = producer;
-    producer->manager = m;
+    fan_producer_attach(producer, &m->shared);
     *out = m;
     return PGFAN_OK;
 }
 
 int pgfan_manager_add_receiver(pgfan_manager *m, pgfan_receiver *r, size_t *index)
 {
-    if (!m || !r || r->manager)
+    if (!m || !r || fan_receiver_is_attached(r))
         return PGFAN_EINVAL;
     if (m->phase != FAN_PHASE_NEW)
         return PGFAN_ESTATE;
-    if (r->kind == FAN_RECEIVER_STATEMENT && m->producer->conn == r->conn)
+    PGconn *conn = fan_receiver_conn(r);
+    if (conn && conn == fan_producer_conn(m->producer))
         return PGFAN_EINVAL; /* one connection cannot run two COPYs */
     for (size_t i = 0; i < m->nreceivers; i++)
-        if (r->conn && m->receivers[i]->conn == r->conn)
+        if (conn && fan_receiver_conn(m->receivers[i]) == conn)
             return PGFAN_EINVAL;
     if (m->nreceivers == m->receivers_cap) {
         size_t cap = m->receivers_cap ? m->receivers_cap * 2 : 4;
         pgfan_receiver **p = realloc(m->receivers, cap * sizeof *p);
-        if (!p)
+        receiver_watch *w = p ? realloc(m->watch, cap * sizeof *w) : NULL;
+        if (p)
+            m->receivers = p;
+        if (!w)
             return PGFAN_ENOMEM;
-        m->receivers = p;
+        m->watch = w;
         m->receivers_cap = cap;
     }
-    r->index = m->nreceivers;
-    r->manager = m;
+    memset(&m->watch[m->nreceivers], 0, sizeof *m->watch);
+    fan_receiver_attach(r, m->nreceivers, &m->shared);
     m->receivers[m->nreceivers++] = r;
     if (index)
-        *index = r->index;
+        *index = m->nreceivers - 1;
     return PGFAN_OK;
-}
-
-void fan_manager_post_fault(pgfan_manager *m, const pgfan_fault *f)
-{
-    pthread_mutex_lock(&m->lock);
-    if (m->nfaults == m->faults_cap) {
-        size_t cap = m->faults_cap ? m->faults_cap * 2 : 8;
-        pgfan_fault *p = realloc(m->faults, cap * sizeof *p);
-        if (p) {
-            m->faults = p;
-            m->faults_cap = cap;
-        }
-    }
-    if (m->nfaults < m->faults_cap)
-        m->faults[m->nfaults++] = *f;
-    if (f->receiver >= 0 && (size_t)f->receiver < m->nreceivers) {
-        pgfan_receiver *r = m->receivers[f->receiver];
-        if (!r->has_fault) {
-            r->has_fault = 1;
-            r->fault = *f;
-        }
-    }
-    pthread_mutex_unlock(&m->lock);
-    fan_manager_poke(m);
-}
-
-void fan_manager_poke(pgfan_manager *m)
-{
-    fan_waiter_kick(&m->wake);
 }
 
 /* ---- start ---- */
@@ -126,7 +122,7 @@ static int read_settings(PGconn *conn, int textual, fan_session_settings *s, int
         return 1;
     if (fan_settings_read(conn, textual, s, &failed) == 0)
         return 0;
-    fan_fault_from_result(f, who, failed, label);
+    fan_fault_from_result(f, who, label, failed);
     PQclear(failed);
     return -1;
 }
@@ -138,28 +134,31 @@ static int read_settings(PGconn *conn, int textual, fan_session_settings *s, int
  */
 static int check_settings(pgfan_manager *m, pgfan_fault *f)
 {
-    pgfan_producer *p = m->producer;
+    PGconn *source = fan_producer_conn(m->producer);
     fan_session_settings src, dst;
     char why[400];
-    if (m->opts.trust_session_settings || p->kind != FAN_PRODUCER_STATEMENT)
+    if (m->shared.opts.trust_session_settings || !source)
         return PGFAN_OK;
-    int textual = p->format != PGFAN_FORMAT_BINARY;
-    int rc = read_settings(p->conn, textual, &src, PGFAN_PRODUCER_INDEX, "source", f);
+    int textual = fan_producer_format(m->producer) != PGFAN_FORMAT_BINARY;
+    int rc =
+        read_settings(source, textual, &src, PGFAN_PRODUCER_INDEX, FAN_SOURCE_LABEL, f);
     if (rc != 0)
         return rc < 0 ? f->code : PGFAN_OK;
     if (fan_settings_check_source(&src, textual, why, sizeof why) != 0) {
-        fan_fault_set(f, PGFAN_PRODUCER_INDEX, PGFAN_ESETTINGS, "source: %s", why);
+        fan_fault_set(f, PGFAN_PRODUCER_INDEX, FAN_SOURCE_LABEL, PGFAN_ESETTINGS, "%s",
+                      why);
         return PGFAN_ESETTINGS;
     }
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
-        if (r->kind != FAN_RECEIVER_STATEMENT)
+        PGconn *conn = fan_receiver_conn(r);
+        if (!conn)
             continue;
-        rc = read_settings(r->conn, textual, &dst, (int)i, r->label, f);
+        rc = read_settings(conn, textual, &dst, (int)i, fan_receiver_label(r), f);
         if (rc < 0)
             return f->code;
         if (rc == 0 && fan_settings_compare(&src, &dst, textual, why, sizeof why) != 0) {
-            fan_fault_set(f, (int)i, PGFAN_ESETTINGS, "%s: %s", r->label, why);
+            fan_fault_set(f, (int)i, fan_receiver_label(r), PGFAN_ESETTINGS, "%s", why);
             return PGFAN_ESETTINGS;
         }
     }
@@ -171,7 +170,7 @@ static int begin_copies(pgfan_manager *m)
     pgfan_fault f;
     int rc = check_settings(m, &f);
     if (rc != PGFAN_OK) {
-        fan_manager_post_fault(m, &f);
+        fan_shared_post_fault(&m->shared, &f);
         return rc;
     }
     rc = fan_producer_begin(m->producer, &f);
@@ -183,14 +182,16 @@ static int begin_copies(pgfan_manager *m)
     /* Collect every answer, also after a failure, so no result is left. */
     for (size_t i = 0; i < sent; i++) {
         pgfan_fault g;
-        int r2 = fan_receiver_finish_begin(m->receivers[i], m->producer, &g);
+        int r2 =
+            fan_receiver_finish_begin(m->receivers[i], fan_producer_format(m->producer),
+                                      fan_producer_nfields(m->producer), &g);
         if (r2 != PGFAN_OK && rc == PGFAN_OK) {
             rc = r2;
             f = g;
         }
     }
     if (rc != PGFAN_OK) {
-        fan_manager_post_fault(m, &f);
+        fan_shared_post_fault(&m->shared, &f);
         realign_all(m, "pgfan: the copy could not start");
     }
     return rc;
@@ -202,38 +203,21 @@ static int start_threads(pgfan_manager *m)
 {
     int rc = PGFAN_OK;
     for (size_t i = 0; i < m->nreceivers; i++) {
-        pgfan_receiver *r = m->receivers[i];
-        if (rc == PGFAN_OK &&
-            pthread_create(&r->thread, NULL, fan_receiver_main, r) == 0) {
-            r->thread_started = 1;
+        if (rc == PGFAN_OK && (rc = fan_receiver_start(m->receivers[i])) == PGFAN_OK)
             continue;
-        }
-        rc = PGFAN_ESYSTEM;
-        atomic_store(&r->state, PGFAN_RECEIVER_FAILED);
-        atomic_store(&r->exited, 1);
+        fan_receiver_mark_failed(m->receivers[i]);
     }
-    if (rc == PGFAN_OK &&
-        pthread_create(&m->producer->thread, NULL, fan_producer_main, m->producer) == 0) {
-        m->producer->thread_started = 1;
+    if (rc == PGFAN_OK && fan_producer_start(m->producer) == PGFAN_OK)
         return PGFAN_OK;
-    }
-    fan_ring_close(&m->ring, FAN_RING_FAILED);
+    fan_ring_close(&m->shared.ring, FAN_RING_FAILED);
     return PGFAN_ESYSTEM;
 }
 
 static void join_threads(pgfan_manager *m)
 {
-    for (size_t i = 0; i < m->nreceivers; i++) {
-        pgfan_receiver *r = m->receivers[i];
-        if (r->thread_started) {
-            pthread_join(r->thread, NULL);
-            r->thread_started = 0;
-        }
-    }
-    if (m->producer->thread_started) {
-        pthread_join(m->producer->thread, NULL);
-        m->producer->thread_started = 0;
-    }
+    for (size_t i = 0; i < m->nreceivers; i++)
+        fan_receiver_join(m->receivers[i]);
+    fan_producer_join(m->producer);
 }
 
 static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
@@ -247,15 +231,14 @@ int pgfan_manager_start(pgfan_manager *m)
         return PGFAN_ESTATE;
     if (m->nreceivers == 0)
         return PGFAN_ENORECEIVERS;
-    if (fan_ring_init(&m->ring, m->opts.ring_slots, m->opts.chunk_bytes, m->nreceivers,
-                      0) != 0)
-        return errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ESYSTEM;
-    m->ring_ready = 1;
+    int rc = fan_shared_start(&m->shared, m->nreceivers);
+    if (rc != PGFAN_OK)
+        return rc;
     fan_now(&m->started_at);
-    int rc = begin_copies(m);
+    rc = begin_copies(m);
     if (rc != PGFAN_OK) {
         for (size_t i = 0; i < m->nreceivers; i++)
-            atomic_store(&m->receivers[i]->state, PGFAN_RECEIVER_FAILED);
+            fan_receiver_mark_failed(m->receivers[i]);
         m->failure = rc;
         m->phase = FAN_PHASE_FINISHED;
         fan_now(&m->finished_at);
@@ -275,41 +258,38 @@ int pgfan_manager_start(pgfan_manager *m)
 
 /* ---- the manager's cycle ---- */
 
-/* Decides the copy's fate once.  Later calls are ignored. */
+/* Decides the copy's fate once and tells every thread.  Later calls are
+ * ignored. */
 static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
                          const char *reason)
 {
-    int none = FAN_VERDICT_NONE;
-    if (!atomic_compare_exchange_strong(&m->verdict, &none, (int)v))
+    if (!fan_shared_decide(&m->shared, v, reason))
         return;
-    if (v == FAN_VERDICT_ABORT) {
+    if (v == FAN_VERDICT_ABORT)
         m->failure = failure;
-        snprintf(m->reason, sizeof m->reason, "%s", reason);
-        /* Release (seq_cst) pairs with the producer's acquire in stopping(). */
-        atomic_store(&m->producer->stop, 1);
-    }
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
-        if (atomic_load(&r->command) != FAN_CMD_DROP)
+        if (fan_receiver_command_of(r) != FAN_CMD_DROP)
             fan_receiver_command(r, v == FAN_VERDICT_COMMIT ? FAN_CMD_COMMIT
                                                             : FAN_CMD_ABORT);
     }
     if (v == FAN_VERDICT_ABORT)
-        fan_ring_stop(&m->ring);
+        fan_ring_stop(&m->shared.ring); /* the producer sees the verdict */
 }
 
 /* What an unresolved receiver fault does: drop it, or fail the copy. */
-static void settle_receiver_fault(pgfan_manager *m, pgfan_receiver *r)
+static void settle_receiver_fault(pgfan_manager *m, size_t i)
 {
     char reason[PGFAN_MESSAGE_MAX];
-    r->holding = 0;
-    if (atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+    m->watch[i].holding = 0;
+    if (fan_shared_verdict(&m->shared) != FAN_VERDICT_NONE)
         return;
-    if (m->opts.policy == PGFAN_POLICY_DROP) {
-        fan_receiver_command(r, FAN_CMD_DROP);
+    if (m->shared.opts.policy == PGFAN_POLICY_DROP) {
+        fan_receiver_command(m->receivers[i], FAN_CMD_DROP);
         return;
     }
-    snprintf(reason, sizeof reason, "pgfan: target %zu (%s) failed", r->index, r->label);
+    snprintf(reason, sizeof reason, "pgfan: target %zu (%s) failed", i,
+             fan_receiver_label(m->receivers[i]));
     give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ERECEIVER, reason);
 }
 
@@ -323,25 +303,23 @@ static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
         return;
     }
-    pgfan_receiver *r = m->receivers[f->receiver];
-    if (fan_state_is_final(atomic_load(&r->state)))
+    size_t i = (size_t)f->receiver;
+    if (fan_state_is_final(fan_receiver_state(m->receivers[i])))
         return; /* a fault while ending: recorded, nothing to decide */
-    if (f->reconcilable && m->opts.fault_hold_ms > 0) {
-        fan_deadline(&r->hold_until, m->opts.fault_hold_ms);
-        r->holding = 1;
+    if (f->reconcilable && m->shared.opts.fault_hold_ms > 0) {
+        fan_deadline(&m->watch[i].hold_until, m->shared.opts.fault_hold_ms);
+        m->watch[i].holding = 1;
         return;
     }
-    settle_receiver_fault(m, r);
+    settle_receiver_fault(m, i);
 }
 
 /* Drops, or fails the copy for, faulted receivers whose hold expired. */
 static void expire_holds(pgfan_manager *m)
 {
-    for (size_t i = 0; i < m->nreceivers; i++) {
-        pgfan_receiver *r = m->receivers[i];
-        if (r->holding && fan_ms_until(&r->hold_until) <= 0)
-            settle_receiver_fault(m, r);
-    }
+    for (size_t i = 0; i < m->nreceivers; i++)
+        if (m->watch[i].holding && fan_ms_until(&m->watch[i].hold_until) <= 0)
+            settle_receiver_fault(m, i);
 }
 
 /*
@@ -356,31 +334,33 @@ static void expire_holds(pgfan_manager *m)
  */
 static void detect_stalls(pgfan_manager *m)
 {
-    if (m->opts.stall_timeout_ms == 0 || atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+    if (m->shared.opts.stall_timeout_ms == 0 ||
+        fan_shared_verdict(&m->shared) != FAN_VERDICT_NONE)
         return;
-    fan_ring *ring = &m->ring;
+    fan_ring *ring = &m->shared.ring;
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
+        receiver_watch *w = &m->watch[i];
         /* Relaxed snapshots: a stale or inconsistent pair (a cursor read
          * past the head) lasts one cycle, and a stall needs a whole
          * stall_timeout_ms without movement. */
         uint64_t cursor = fan_ring_cursor(ring, i);
         uint64_t head = fan_ring_head(ring);
-        uint64_t moved = atomic_load_explicit(&r->moved, memory_order_relaxed);
+        uint64_t moved = fan_receiver_moved(r);
         int waiting = fan_ring_is_gating(ring, i) &&
-                      atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
-                      atomic_load(&r->command) == FAN_CMD_NONE && head != cursor;
-        if (!waiting || (r->stalling && moved != r->stalled_at)) {
-            r->stalling = 0;
+                      fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
+                      fan_receiver_command_of(r) == FAN_CMD_NONE && head != cursor;
+        if (!waiting || (w->stalling && moved != w->stalled_at)) {
+            w->stalling = 0;
             continue;
         }
-        if (!r->stalling) {
-            r->stalling = 1;
-            r->stalled_at = moved;
-            fan_now(&r->stalled_since);
-        } else if (fan_seconds_since(&r->stalled_since) * 1000.0 >=
-                   m->opts.stall_timeout_ms) {
-            r->stalling = 0;
+        if (!w->stalling) {
+            w->stalling = 1;
+            w->stalled_at = moved;
+            fan_now(&w->stalled_since);
+        } else if (fan_seconds_since(&w->stalled_since) * 1000.0 >=
+                   m->shared.opts.stall_timeout_ms) {
+            w->stalling = 0;
             fan_receiver_command(r, FAN_CMD_STALL);
         }
     }
@@ -389,35 +369,31 @@ static void detect_stalls(pgfan_manager *m)
 /* Returns 1 and the next unreported fault, if any. */
 static int take_fault(pgfan_manager *m, pgfan_fault *out)
 {
-    int got = 0;
-    pthread_mutex_lock(&m->lock);
-    if (m->faults_reported < m->nfaults) {
-        *out = m->faults[m->faults_reported++];
-        got = 1;
-    }
-    pthread_mutex_unlock(&m->lock);
-    return got;
+    if (!fan_shared_fault(&m->shared, m->faults_reported, out))
+        return 0;
+    m->faults_reported++;
+    return 1;
 }
 
 static int receiver_live(pgfan_receiver *r)
 {
-    int st = atomic_load(&r->state);
-    return !fan_state_is_final(st) && atomic_load(&r->command) != FAN_CMD_DROP;
+    return !fan_state_is_final(fan_receiver_state(r)) &&
+           fan_receiver_command_of(r) != FAN_CMD_DROP;
 }
 
 static void post_no_receivers(pgfan_manager *m)
 {
     pgfan_fault f;
-    fan_fault_set(&f, PGFAN_MANAGER_INDEX, PGFAN_ENORECEIVERS,
+    fan_fault_set(&f, PGFAN_MANAGER_INDEX, "pgfan", PGFAN_ENORECEIVERS,
                   "no receivers: every target failed or was dropped");
-    fan_manager_post_fault(m, &f);
+    fan_shared_post_fault(&m->shared, &f);
 }
 
 /* Fails the copy when nobody is left to receive or the source failed.
  * Commit is never decided here: only pgfan_manager_finish() commits. */
 static void evaluate(pgfan_manager *m)
 {
-    if (atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+    if (fan_shared_verdict(&m->shared) != FAN_VERDICT_NONE)
         return;
     size_t live = 0;
     for (size_t i = 0; i < m->nreceivers; i++)
@@ -426,7 +402,7 @@ static void evaluate(pgfan_manager *m)
         post_no_receivers(m);
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
                      "pgfan: no receivers left");
-    } else if (fan_ring_state(&m->ring) == FAN_RING_FAILED) {
+    } else if (fan_ring_state(&m->shared.ring) == FAN_RING_FAILED) {
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EPRODUCER, "pgfan: the source failed");
     }
 }
@@ -438,7 +414,7 @@ static void evaluate(pgfan_manager *m)
  */
 static int everyone_has_everything(pgfan_manager *m, int paused_count)
 {
-    if (fan_ring_state(&m->ring) != FAN_RING_ENDED)
+    if (fan_ring_state(&m->shared.ring) != FAN_RING_ENDED)
         return 0;
     size_t live = 0, ready = 0;
     for (size_t i = 0; i < m->nreceivers; i++) {
@@ -446,10 +422,10 @@ static int everyone_has_everything(pgfan_manager *m, int paused_count)
         if (!receiver_live(r))
             continue;
         live++;
-        if ((atomic_load(&r->drained) &&
-             atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
-             atomic_load(&r->command) == FAN_CMD_NONE) ||
-            (paused_count && atomic_load(&r->command) == FAN_CMD_PAUSE))
+        enum fan_command cmd = fan_receiver_command_of(r);
+        if ((fan_receiver_drained(r) && fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
+             cmd == FAN_CMD_NONE) ||
+            (paused_count && cmd == FAN_CMD_PAUSE))
             ready++;
     }
     return live > 0 && ready == live;
@@ -457,12 +433,11 @@ static int everyone_has_everything(pgfan_manager *m, int paused_count)
 
 static int all_exited(pgfan_manager *m)
 {
-    if (atomic_load(&m->verdict) == FAN_VERDICT_NONE)
-        return 0;
-    if (fan_ring_state(&m->ring) == FAN_RING_OPEN)
+    if (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE ||
+        fan_ring_state(&m->shared.ring) == FAN_RING_OPEN)
         return 0;
     for (size_t i = 0; i < m->nreceivers; i++)
-        if (!atomic_load(&m->receivers[i]->exited))
+        if (!fan_receiver_exited(m->receivers[i]))
             return 0;
     return 1;
 }
@@ -476,6 +451,7 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
     memset(ev, 0, sizeof *ev);
     struct timespec t0;
     fan_now(&t0);
+    unsigned int stall_ms = m->shared.opts.stall_timeout_ms;
     for (;;) {
         if (take_fault(m, &ev->fault)) {
             apply_policy(m, &ev->fault);
@@ -485,21 +461,21 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
         expire_holds(m);
         detect_stalls(m);
         evaluate(m);
-        if (all_exited(m) || (atomic_load(&m->verdict) == FAN_VERDICT_NONE &&
+        if (all_exited(m) || (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
                               everyone_has_everything(m, 1))) {
             ev->type = PGFAN_EVENT_END;
             m->end_reported = 1;
             return PGFAN_OK;
         }
-        double left_ms = m->opts.progress_ms - fan_seconds_since(&t0) * 1000.0;
+        double left_ms = m->shared.opts.progress_ms - fan_seconds_since(&t0) * 1000.0;
         if (left_ms <= 0) {
             ev->type = PGFAN_EVENT_PROGRESS;
             return PGFAN_OK;
         }
         /* Wake often enough to notice stalls and expired holds in time. */
-        if (m->opts.stall_timeout_ms > 0 && left_ms > m->opts.stall_timeout_ms / 4.0 + 1)
-            left_ms = m->opts.stall_timeout_ms / 4.0 + 1;
-        fan_waiter_sleep(&m->wake, NULL, 0, (int)left_ms + 1);
+        if (stall_ms > 0 && left_ms > stall_ms / 4.0 + 1)
+            left_ms = stall_ms / 4.0 + 1;
+        fan_waiter_sleep(&m->shared.wake, NULL, 0, (int)left_ms + 1);
     }
 }
 
@@ -508,23 +484,29 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
 static pgfan_receiver *steerable(pgfan_manager *m, size_t index)
 {
     if (!m || index >= m->nreceivers || m->phase != FAN_PHASE_STARTED ||
-        atomic_load(&m->verdict) != FAN_VERDICT_NONE)
+        fan_shared_verdict(&m->shared) != FAN_VERDICT_NONE)
         return NULL;
     pgfan_receiver *r = m->receivers[index];
-    int cmd = atomic_load(&r->command);
-    if (cmd == FAN_CMD_DROP || fan_state_is_final(atomic_load(&r->state)))
+    if (fan_receiver_command_of(r) == FAN_CMD_DROP ||
+        fan_state_is_final(fan_receiver_state(r)))
         return NULL;
     return r;
 }
 
+static int refused(const pgfan_manager *m, size_t index)
+{
+    return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+}
+
 /* Puts a receiver that stepped out back in the gating set.  Safe from this
  * thread: a PAUSED receiver holds no slot and waits for our command. */
-static int rejoin(pgfan_manager *m, pgfan_receiver *r)
+static int rejoin(pgfan_manager *m, size_t i)
 {
-    if (!fan_ring_is_gating(&m->ring, r->index) && fan_ring_join(&m->ring, r->index) != 0)
+    fan_ring *ring = &m->shared.ring;
+    if (!fan_ring_is_gating(ring, i) && fan_ring_join(ring, i) != 0)
         return PGFAN_EGONE;
-    r->holding = 0;
-    fan_receiver_command(r, FAN_CMD_RESUME);
+    m->watch[i].holding = 0;
+    fan_receiver_command(m->receivers[i], FAN_CMD_RESUME);
     return PGFAN_OK;
 }
 
@@ -532,25 +514,24 @@ int pgfan_manager_reconcile(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
     if (!r)
-        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
-    int state = atomic_load(&r->state);
-    pthread_mutex_lock(&m->lock);
-    int reconcilable = r->has_fault && r->fault.reconcilable;
-    pthread_mutex_unlock(&m->lock);
-    if (!r->holding || !reconcilable ||
+        return refused(m, index);
+    int state = fan_receiver_state(r);
+    pgfan_fault f;
+    int reconcilable = fan_shared_receiver_fault(&m->shared, index, &f) && f.reconcilable;
+    if (!m->watch[index].holding || !reconcilable ||
         (state != PGFAN_RECEIVER_FAULTED && state != PGFAN_RECEIVER_PAUSED))
         return PGFAN_ESTATE;
-    return rejoin(m, r);
+    return rejoin(m, index);
 }
 
 int pgfan_manager_drop(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
     if (!r)
-        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
-    r->holding = 0;
-    if (m->opts.policy == PGFAN_POLICY_ABORT) {
-        settle_receiver_fault(m, r);
+        return refused(m, index);
+    m->watch[index].holding = 0;
+    if (m->shared.opts.policy == PGFAN_POLICY_ABORT) {
+        settle_receiver_fault(m, index);
         return PGFAN_OK;
     }
     fan_receiver_command(r, FAN_CMD_DROP);
@@ -560,10 +541,10 @@ int pgfan_manager_drop(pgfan_manager *m, size_t index)
 int pgfan_manager_pause(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
-    int state = r ? atomic_load(&r->state) : -1;
+    int state = r ? fan_receiver_state(r) : -1;
     if (!r || (state != PGFAN_RECEIVER_ACTIVE && state != PGFAN_RECEIVER_STARTING) ||
-        atomic_load(&r->command) != FAN_CMD_NONE)
-        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+        fan_receiver_command_of(r) != FAN_CMD_NONE)
+        return refused(m, index);
     fan_receiver_command(r, FAN_CMD_PAUSE);
     return PGFAN_OK;
 }
@@ -571,14 +552,14 @@ int pgfan_manager_pause(pgfan_manager *m, size_t index)
 int pgfan_manager_resume(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
-    if (!r || atomic_load(&r->command) != FAN_CMD_PAUSE)
-        return m && index < m->nreceivers ? PGFAN_ESTATE : PGFAN_EINVAL;
+    if (!r || fan_receiver_command_of(r) != FAN_CMD_PAUSE)
+        return refused(m, index);
     /* Wait until it has stepped out (at its next point holding no slot):
      * only then may this thread put it back in the gating set. */
-    while (atomic_load(&r->state) == PGFAN_RECEIVER_ACTIVE &&
-           fan_ring_is_gating(&m->ring, index))
-        fan_waiter_sleep(&m->wake, NULL, 0, 1);
-    return rejoin(m, r);
+    while (fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
+           fan_ring_is_gating(&m->shared.ring, index))
+        fan_waiter_sleep(&m->shared.wake, NULL, 0, 1);
+    return rejoin(m, index);
 }
 
 /* Receivers the caller paused and never resumed: resume them, or drop
@@ -587,13 +568,13 @@ static void resume_paused(pgfan_manager *m)
 {
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
-        if (atomic_load(&r->command) != FAN_CMD_PAUSE)
+        if (fan_receiver_command_of(r) != FAN_CMD_PAUSE)
             continue;
         if (pgfan_manager_resume(m, i) == PGFAN_EGONE) {
             pgfan_fault f;
-            fan_fault_set(&f, (int)i, PGFAN_EGONE,
-                          "%s: paused until its data left the ring; dropped", r->label);
-            fan_manager_post_fault(m, &f);
+            fan_fault_set(&f, (int)i, fan_receiver_label(r), PGFAN_EGONE,
+                          "paused until its data left the ring; dropped");
+            fan_shared_post_fault(&m->shared, &f);
             fan_receiver_command(r, FAN_CMD_DROP);
         }
     }
@@ -615,14 +596,14 @@ static int outcome(pgfan_manager *m)
         return m->failure;
     size_t done = 0, failed = 0;
     for (size_t i = 0; i < m->nreceivers; i++) {
-        int st = atomic_load(&m->receivers[i]->state);
+        int st = fan_receiver_state(m->receivers[i]);
         failed += st == PGFAN_RECEIVER_FAILED;
         done += st == PGFAN_RECEIVER_DONE;
     }
     /* Under the drop policy a target whose COPY failed only at its end
      * counts as dropped: with none done, that is "no receivers", whether
      * the errors came mid-stream or at CopyDone. */
-    if (done == 0 && (failed == 0 || m->opts.policy == PGFAN_POLICY_DROP)) {
+    if (done == 0 && (failed == 0 || m->shared.opts.policy == PGFAN_POLICY_DROP)) {
         if (failed > 0)
             post_no_receivers(m);
         return PGFAN_ENORECEIVERS;
@@ -635,7 +616,8 @@ static int outcome(pgfan_manager *m)
 static void wait_until_drained(pgfan_manager *m)
 {
     pgfan_event ev;
-    while (atomic_load(&m->verdict) == FAN_VERDICT_NONE && !everyone_has_everything(m, 0))
+    while (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
+           !everyone_has_everything(m, 0))
         if (pgfan_manager_next(m, &ev) != PGFAN_OK)
             break;
 }
@@ -664,7 +646,7 @@ int pgfan_manager_finish(pgfan_manager *m)
      * source reached its end.  A loop broken early is a failed copy, never
      * a partial commit.
      */
-    if (atomic_load(&m->verdict) == FAN_VERDICT_NONE) {
+    if (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE) {
         if (!m->end_reported || !everyone_has_everything(m, 1)) {
             give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED,
                          "pgfan: the copy was finished before it reached its end");
@@ -707,12 +689,9 @@ void pgfan_manager_free(pgfan_manager *m)
     for (size_t i = 0; i < m->nreceivers; i++)
         pgfan_receiver_free(m->receivers[i]);
     free(m->receivers);
+    free(m->watch);
     pgfan_producer_free(m->producer);
-    if (m->ring_ready)
-        fan_ring_destroy(&m->ring);
-    fan_waiter_destroy(&m->wake);
-    pthread_mutex_destroy(&m->lock);
-    free(m->faults);
+    fan_shared_destroy(&m->shared);
     free(m);
 }
 
@@ -728,8 +707,7 @@ static double elapsed(const pgfan_manager *m, const struct timespec *end)
     if (m->phase == FAN_PHASE_NEW)
         return 0.0;
     if (end && end->tv_sec != 0)
-        return (double)(end->tv_sec - m->started_at.tv_sec) +
-               (double)(end->tv_nsec - m->started_at.tv_nsec) / 1e9;
+        return fan_seconds_between(&m->started_at, end);
     return fan_seconds_since(&m->started_at);
 }
 
@@ -737,17 +715,33 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
 {
     if (!m || !out)
         return PGFAN_EINVAL;
+    fan_ring *ring = (fan_ring *)&m->shared.ring;
     memset(out, 0, sizeof *out);
-    out->producer_bytes = atomic_load_explicit(&m->producer->bytes, memory_order_relaxed);
-    out->producer_rows = atomic_load_explicit(&m->producer->rows, memory_order_relaxed);
-    out->producer_done =
-        m->ring_ready && fan_ring_state((fan_ring *)&m->ring) == FAN_RING_ENDED;
+    out->producer_bytes = fan_producer_bytes(m->producer);
+    out->producer_rows = fan_producer_rows(m->producer);
+    out->producer_done = m->shared.ring_ready && fan_ring_state(ring) == FAN_RING_ENDED;
     out->receivers = m->nreceivers;
     for (size_t i = 0; i < m->nreceivers; i++)
-        out->active += m->ring_ready && fan_ring_is_gating((fan_ring *)&m->ring, i) &&
-                       !fan_state_is_final(atomic_load(&m->receivers[i]->state));
+        out->active += m->shared.ring_ready && fan_ring_is_gating(ring, i) &&
+                       !fan_state_is_final(fan_receiver_state(m->receivers[i]));
     out->seconds = elapsed(m, &m->finished_at);
     return PGFAN_OK;
+}
+
+/*
+ * The one commit rule, for every caller (pgfan_transfer(), the command):
+ * after finish, a receiver may commit when its COPY completed and the copy
+ * as a whole allows it: under abort, only if the copy succeeded; under
+ * drop, unless the source failed or the copy was aborted.
+ */
+static int may_commit(const pgfan_manager *m, int state)
+{
+    if (m->phase != FAN_PHASE_FINISHED || state != PGFAN_RECEIVER_DONE)
+        return 0;
+    if (m->failure == PGFAN_OK)
+        return 1;
+    return m->shared.opts.policy == PGFAN_POLICY_DROP && m->failure != PGFAN_EPRODUCER &&
+           m->failure != PGFAN_EABORTED;
 }
 
 int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
@@ -756,48 +750,37 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     if (!m || !out || index >= m->nreceivers)
         return PGFAN_EINVAL;
     pgfan_receiver *r = m->receivers[index];
+    fan_ring *ring = (fan_ring *)&m->shared.ring;
     memset(out, 0, sizeof *out);
-    out->state = (pgfan_receiver_state)atomic_load(&r->state);
-    out->bytes = atomic_load_explicit(&r->bytes, memory_order_relaxed);
-    out->rows = atomic_load_explicit(&r->rows, memory_order_relaxed);
-    if (m->ring_ready) {
+    out->state = (pgfan_receiver_state)fan_receiver_state(r);
+    out->bytes = fan_receiver_bytes(r);
+    out->rows = fan_receiver_rows(r);
+    if (m->shared.ring_ready) {
         /* The two loads are not ordered: a cursor may be read past the
          * head, which is no lag. */
-        uint64_t cursor = fan_ring_cursor((fan_ring *)&m->ring, index);
-        uint64_t head = fan_ring_head((fan_ring *)&m->ring);
+        uint64_t cursor = fan_ring_cursor(ring, index);
+        uint64_t head = fan_ring_head(ring);
         out->lag = head - cursor < (uint64_t)1 << 63 ? head - cursor : 0;
     }
-    out->seconds = elapsed(m, fan_state_is_final(out->state) ? &r->ended_at : NULL);
-    snprintf(out->label, sizeof out->label, "%s", r->label);
-    out->notices = atomic_load_explicit(&r->notices, memory_order_relaxed);
-    pthread_mutex_lock((pthread_mutex_t *)&m->lock);
-    out->has_fault = r->has_fault;
-    if (r->has_fault)
-        out->fault = r->fault;
-    pthread_mutex_unlock((pthread_mutex_t *)&m->lock);
+    out->seconds =
+        elapsed(m, fan_state_is_final(out->state) ? fan_receiver_ended_at(r) : NULL);
+    snprintf(out->label, sizeof out->label, "%s", fan_receiver_label(r));
+    out->notices = fan_receiver_notices(r);
+    out->has_fault =
+        fan_shared_receiver_fault((fan_shared *)&m->shared, index, &out->fault);
+    out->may_commit = may_commit(m, out->state);
     return PGFAN_OK;
 }
 
 size_t pgfan_manager_fault_count(const pgfan_manager *m)
 {
-    if (!m)
-        return 0;
-    pthread_mutex_lock((pthread_mutex_t *)&m->lock);
-    size_t n = m->nfaults;
-    pthread_mutex_unlock((pthread_mutex_t *)&m->lock);
-    return n;
+    return m ? fan_shared_fault_count((fan_shared *)&m->shared) : 0;
 }
 
 int pgfan_manager_fault(const pgfan_manager *m, size_t index, pgfan_fault *out)
 {
     if (!m || !out)
         return PGFAN_EINVAL;
-    int rc = PGFAN_OK;
-    pthread_mutex_lock((pthread_mutex_t *)&m->lock);
-    if (index < m->nfaults)
-        *out = m->faults[index];
-    else
-        rc = PGFAN_EINVAL;
-    pthread_mutex_unlock((pthread_mutex_t *)&m->lock);
-    return rc;
+    return fan_shared_fault((fan_shared *)&m->shared, index, out) ? PGFAN_OK
+                                                                  : PGFAN_EINVAL;
 }

@@ -1,16 +1,18 @@
-/* libpq helpers: fault records from results and connections, labels. */
-#include "internal.h"
+/* libpq helpers: fault records, labels, starting a COPY. */
+#include "pq.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-void fan_fault_set(pgfan_fault *f, int who, int code, const char *fmt, ...)
+void fan_fault_set(pgfan_fault *f, int who, const char *label, int code, const char *fmt,
+                   ...)
 {
     va_list ap;
     memset(f, 0, sizeof *f);
     f->receiver = who;
     f->code = code;
+    snprintf(f->label, sizeof f->label, "%s", label ? label : "");
     va_start(ap, fmt);
     vsnprintf(f->message, sizeof f->message, fmt, ap);
     va_end(ap);
@@ -24,14 +26,14 @@ static void trim(char *s)
         s[--n] = '\0';
 }
 
-void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res,
-                           const char *label)
+void fan_fault_from_result(pgfan_fault *f, int who, const char *label,
+                           const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     const char *whole = res ? PQresultErrorMessage(res) : "";
 
-    fan_fault_set(f, who, PGFAN_ESERVER, "%s: %s", label,
+    fan_fault_set(f, who, label, PGFAN_ESERVER, "%s",
                   primary ? primary : (whole && *whole ? whole : "unknown server error"));
     if (state)
         snprintf(f->sqlstate, sizeof f->sqlstate, "%s", state);
@@ -40,10 +42,10 @@ void fan_fault_from_result(pgfan_fault *f, int who, const PGresult *res,
     trim(f->message);
 }
 
-void fan_fault_from_conn(pgfan_fault *f, int who, PGconn *conn, const char *label)
+void fan_fault_from_conn(pgfan_fault *f, int who, const char *label, PGconn *conn)
 {
     const char *msg = conn ? PQerrorMessage(conn) : "";
-    fan_fault_set(f, who, PGFAN_ECONN, "%s: %s", label,
+    fan_fault_set(f, who, label, PGFAN_ECONN, "%s",
                   msg && *msg ? msg : "connection is not usable");
     trim(f->message);
 }
@@ -59,7 +61,7 @@ void fan_conn_label(PGconn *conn, char *buf, size_t len)
         snprintf(buf, len, "%s:%s/%s", host ? host : "", port ? port : "", db ? db : "");
 }
 
-int fan_drain_results(PGconn *conn, pgfan_fault *f, int who, const char *label)
+int fan_drain_results(PGconn *conn, int who, const char *label, pgfan_fault *f)
 {
     PGresult *res;
     int failed = 0;
@@ -68,7 +70,7 @@ int fan_drain_results(PGconn *conn, pgfan_fault *f, int who, const char *label)
         if (st == PGRES_FATAL_ERROR && !failed) {
             failed = 1;
             if (f)
-                fan_fault_from_result(f, who, res, label);
+                fan_fault_from_result(f, who, label, res);
         }
         PQclear(res);
         if (st == PGRES_COPY_IN) /* should not happen after CopyDone/Fail */
@@ -84,16 +86,66 @@ int fan_drain_results(PGconn *conn, pgfan_fault *f, int who, const char *label)
     return failed ? -1 : 0;
 }
 
-int fan_conn_ready(PGconn *conn, pgfan_fault *f, int who, const char *label)
+int fan_conn_ready(PGconn *conn, int who, const char *label, pgfan_fault *f)
 {
     if (PQstatus(conn) != CONNECTION_OK) {
-        fan_fault_from_conn(f, who, conn, label);
+        fan_fault_from_conn(f, who, label, conn);
         return PGFAN_ECONN;
     }
     if (PQisBusy(conn) || PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
-        fan_fault_set(f, who, PGFAN_EBUSY,
-                      "%s: the connection is busy with another command", label);
+        fan_fault_set(f, who, label, PGFAN_EBUSY,
+                      "the connection is busy with another command");
         return PGFAN_EBUSY;
     }
     return PGFAN_OK;
+}
+
+int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
+                  pgfan_fault *f)
+{
+    int rc = fan_conn_ready(conn, who, label, f);
+    if (rc != PGFAN_OK)
+        return rc;
+    if (!PQsendQuery(conn, sql)) {
+        fan_fault_from_conn(f, who, label, conn);
+        return PGFAN_ECONN;
+    }
+    return PGFAN_OK;
+}
+
+int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *label,
+                     int *nfields, int *binary, pgfan_fault *f)
+{
+    PGresult *res = PQgetResult(conn);
+    ExecStatusType st = PQresultStatus(res);
+    int rc;
+    if (st == want) {
+        *nfields = PQnfields(res);
+        *binary = PQbinaryTuples(res);
+        PQclear(res);
+        return PGFAN_OK;
+    }
+    if (st == PGRES_FATAL_ERROR || !res) {
+        fan_fault_from_result(f, who, label, res);
+        rc = f->code;
+    } else {
+        fan_fault_set(f, who, label, PGFAN_ENOTCOPY,
+                      "the statement did not start %s (got %s)",
+                      want == PGRES_COPY_OUT ? "COPY TO STDOUT" : "COPY FROM STDIN",
+                      PQresStatus(st));
+        rc = PGFAN_ENOTCOPY;
+    }
+    PQclear(res);
+    fan_drain_results(conn, who, label, NULL);
+    return rc;
+}
+
+void fan_send_cancel(PGconn *conn)
+{
+    PGcancel *cancel = PQgetCancel(conn);
+    if (cancel) {
+        char err[256];
+        PQcancel(cancel, err, sizeof err);
+        PQfreeCancel(cancel);
+    }
 }

@@ -103,11 +103,11 @@ static uint64_t scan_min(fan_ring *r, uint64_t seq)
     for (size_t i = 0; i < r->nreaders; i++) {
         fan_reader *rd = &r->readers[i];
         /* E4: seq_cst load of membership, ordered after our epoch load. */
-        if (!atomic_load(&rd->gating))
+        if (!atomic_load_explicit(&rd->gating, memory_order_seq_cst))
             continue;
         /* E2 (+E3): seq_cst includes acquire; pairs with the reader's
          * release of its cursor, so its reads of the slot are complete. */
-        uint64_t c = atomic_load(&rd->cursor);
+        uint64_t c = atomic_load_explicit(&rd->cursor, memory_order_seq_cst);
         if (seq - c > seq - min)
             min = c;
     }
@@ -118,7 +118,7 @@ static int space_free(fan_ring *r, int force_scan)
 {
     uint64_t s = r->next;
     /* E4: seq_cst pairs with fan_ring_join()'s fetch_add. */
-    uint64_t e = atomic_load(&r->epoch);
+    uint64_t e = atomic_load_explicit(&r->epoch, memory_order_seq_cst);
     if (!force_scan && e == r->seen_epoch && s - r->cached_min < r->nslots)
         return 1;
     r->seen_epoch = e;
@@ -134,7 +134,7 @@ static void publish_head(fan_ring *r)
     r->published = r->next;
     /* E1: release (seq_cst) publishes the contents of every slot < next.
      * E3: seq_cst store before loading the readers' `want`. */
-    atomic_store(&r->head, r->next);
+    atomic_store_explicit(&r->head, r->next, memory_order_seq_cst);
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_notify_at(&r->readers[i].waiter, r->next);
 }
@@ -156,7 +156,7 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms)
     /* The first cursor that frees wake_batch slots wakes us. */
     fan_waiter_prepare(&r->writer, r->next - r->nslots + r->wake_batch);
     /* E3: re-check after announcing the sleep. */
-    if (space_free(r, 1) || atomic_load(&r->stopped)) {
+    if (space_free(r, 1) || atomic_load_explicit(&r->stopped, memory_order_seq_cst)) {
         fan_waiter_cancel(&r->writer);
         return space_free(r, 0);
     }
@@ -225,7 +225,7 @@ void fan_ring_close(fan_ring *r, int state)
     if (state == FAN_RING_ENDED)
         publish_head(r); /* E1 for the last slots; readers see ENDED after it */
     /* E3: seq_cst store of the state before the readers' `want`. */
-    atomic_store(&r->state, state);
+    atomic_store_explicit(&r->state, state, memory_order_seq_cst);
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_notify(&r->readers[i].waiter);
 }
@@ -258,8 +258,9 @@ int fan_ring_wait_data(fan_ring *r, size_t reader, uint64_t cursor, struct pollf
     }
     fan_waiter_prepare(&rd->waiter, cursor + r->wake_batch);
     /* E3: seq_cst re-check of head and state after announcing the sleep. */
-    if (atomic_load(&r->head) != cursor || atomic_load(&r->state) != FAN_RING_OPEN ||
-        atomic_load(&r->stopped)) {
+    if (atomic_load_explicit(&r->head, memory_order_seq_cst) != cursor ||
+        atomic_load_explicit(&r->state, memory_order_seq_cst) != FAN_RING_OPEN ||
+        atomic_load_explicit(&r->stopped, memory_order_seq_cst)) {
         fan_waiter_cancel(&rd->waiter);
         return 1;
     }
@@ -271,14 +272,14 @@ void fan_ring_release(fan_ring *r, size_t reader, uint64_t cursor)
 {
     /* E2: release (seq_cst) after our last read of the slots below cursor.
      * E3: seq_cst store before loading the writer's `want`. */
-    atomic_store(&r->readers[reader].cursor, cursor);
+    atomic_store_explicit(&r->readers[reader].cursor, cursor, memory_order_seq_cst);
     fan_waiter_notify_at(&r->writer, cursor);
 }
 
 void fan_ring_leave(fan_ring *r, size_t reader)
 {
     /* E3: seq_cst store before loading the writer's `want`. */
-    atomic_store(&r->readers[reader].gating, 0);
+    atomic_store_explicit(&r->readers[reader].gating, 0, memory_order_seq_cst);
     fan_waiter_notify(&r->writer);
 }
 
@@ -288,9 +289,9 @@ int fan_ring_join(fan_ring *r, size_t reader)
     /* Relaxed: only this reader's thread stores its cursor. */
     uint64_t cursor = atomic_load_explicit(&rd->cursor, memory_order_relaxed);
     /* E4: store membership, bump epoch, then load head, all seq_cst. */
-    atomic_store(&rd->gating, 1);
-    atomic_fetch_add(&r->epoch, 1);
-    uint64_t head = atomic_load(&r->head);
+    atomic_store_explicit(&rd->gating, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&r->epoch, 1, memory_order_seq_cst);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_seq_cst);
     /* A writer that has not seen us may have filled up to publish_batch - 1
      * slots past head and be filling the next one, which overwrites
      * sequence head + publish_batch - 1 - nslots; everything from cursor on
@@ -306,7 +307,7 @@ void fan_ring_stop(fan_ring *r)
 {
     /* E3: seq_cst against the sleepers' re-check; the kicks below also wake
      * a thread already asleep or about to be. */
-    atomic_store(&r->stopped, 1);
+    atomic_store_explicit(&r->stopped, 1, memory_order_seq_cst);
     fan_waiter_kick(&r->writer);
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_kick(&r->readers[i].waiter);

@@ -1,7 +1,5 @@
 /* Status codes, names, version and option defaults. */
-#include "internal.h"
-
-#include <time.h>
+#include "pgfan.h"
 
 unsigned int pgfan_version(void)
 {
@@ -83,34 +81,4 @@ void pgfan_options_init(pgfan_options *opts)
     opts->progress_ms = 100;
     opts->realign_timeout_ms = 30000;
     opts->trust_session_settings = 0;
-}
-
-void fan_now(struct timespec *t)
-{
-    clock_gettime(CLOCK_MONOTONIC, t);
-}
-
-double fan_seconds_since(const struct timespec *t)
-{
-    struct timespec now;
-    fan_now(&now);
-    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
-}
-
-void fan_deadline(struct timespec *t, unsigned int ms)
-{
-    fan_now(t);
-    t->tv_sec += ms / 1000;
-    t->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t->tv_nsec >= 1000000000L) {
-        t->tv_sec++;
-        t->tv_nsec -= 1000000000L;
-    }
-}
-
-long fan_ms_until(const struct timespec *t)
-{
-    struct timespec now;
-    fan_now(&now);
-    return (long)(t->tv_sec - now.tv_sec) * 1000L + (t->tv_nsec - now.tv_nsec) / 1000000L;
 }

@@ -1,18 +1,20 @@
 /* pgfan_transfer(): the whole fan-out in one call, each target in its own
- * transaction unless the caller already opened one. */
-#include "internal.h"
-
-#include <stdio.h>
+ * transaction unless the caller already opened one.  Built on the public
+ * API only, with the library's one commit rule (may_commit). */
 #include <stdlib.h>
 #include <string.h>
 
-static int exec_simple(PGconn *conn, const char *sql, pgfan_fault *f, int who,
-                       const char *label)
+#include "clock.h"
+#include "pgfan.h"
+#include "pq.h"
+
+static int exec_simple(PGconn *conn, const char *sql, int who, const char *label,
+                       pgfan_fault *f)
 {
     PGresult *res = PQexec(conn, sql);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok && f)
-        fan_fault_from_result(f, who, res, label);
+        fan_fault_from_result(f, who, label, res);
     PQclear(res);
     return ok ? 0 : -1;
 }
@@ -46,44 +48,60 @@ static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
     return rc;
 }
 
-/* Commits the targets whose COPY succeeded (when the copy as a whole may
- * commit) and rolls back the others; returns how many committed. */
-static size_t settle(pgfan_manager *m, size_t ntargets, PGconn *const targets[],
-                     const unsigned char *own_tx, int may_commit)
+/* Opens a transaction on every idle target (own_tx[i] says which). */
+static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
+                     pgfan_fault *f)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (PQtransactionStatus(targets[i]) != PQTRANS_IDLE)
+            continue;
+        char label[128];
+        fan_conn_label(targets[i], label, sizeof label);
+        if (exec_simple(targets[i], "BEGIN", (int)i, label, f) != 0)
+            return -1;
+        own_tx[i] = 1;
+    }
+    return 0;
+}
+
+/* Ends the transactions we opened: COMMIT where the library says a target
+ * may commit (under abort, no COMMIT follows a failed one), ROLLBACK
+ * elsewhere.  Returns how many committed (targets in the caller's own
+ * transaction count when they may). */
+static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
+                     const unsigned char *own_tx, int policy, pgfan_receiver_result *res,
+                     pgfan_fault *first_error)
 {
     size_t committed = 0;
-    for (size_t i = 0; i < ntargets; i++) {
-        pgfan_receiver *r = m->receivers[i];
-        int done = atomic_load(&r->state) == PGFAN_RECEIVER_DONE;
+    int stop = 0;
+    for (size_t i = 0; i < n; i++) {
+        int may = m && res[i].may_commit && !stop;
         if (!own_tx[i]) {
-            committed += done && may_commit;
+            committed += (size_t)may;
             continue;
         }
         if (PQstatus(targets[i]) == CONNECTION_BAD)
             continue;
-        if (!(done && may_commit)) {
-            exec_simple(targets[i], "ROLLBACK", NULL, (int)i, r->label);
+        if (!may) {
+            exec_simple(targets[i], "ROLLBACK", (int)i, res[i].label, NULL);
             continue;
         }
         pgfan_fault f;
-        if (exec_simple(targets[i], "COMMIT", &f, (int)i, r->label) == 0) {
+        if (exec_simple(targets[i], "COMMIT", (int)i, res[i].label, &f) == 0) {
             committed++;
-        } else {
-            fan_manager_post_fault(m, &f);
-            atomic_store(&r->state, PGFAN_RECEIVER_FAILED);
+            continue;
         }
+        res[i].state = PGFAN_RECEIVER_FAILED;
+        res[i].may_commit = 0;
+        if (!res[i].has_fault) {
+            res[i].has_fault = 1;
+            res[i].fault = f;
+        }
+        if (!first_error->message[0])
+            *first_error = f;
+        stop = policy == PGFAN_POLICY_ABORT;
     }
     return committed;
-}
-
-static void describe_failure(pgfan_transfer_result *res, int rc, pgfan_manager *m)
-{
-    if (!res || rc == PGFAN_OK)
-        return;
-    res->has_error = 1;
-    if (m && pgfan_manager_fault(m, 0, &res->error) == PGFAN_OK)
-        return;
-    fan_fault_set(&res->error, PGFAN_PRODUCER_INDEX, rc, "%s", pgfan_strerror(rc));
 }
 
 int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
@@ -93,10 +111,13 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
 {
     pgfan_manager *m = NULL;
     unsigned char *own_tx = NULL;
+    pgfan_receiver_result *res = NULL;
+    pgfan_fault error;
     struct timespec t0;
     int rc = PGFAN_EINVAL;
 
     fan_now(&t0);
+    memset(&error, 0, sizeof error);
     if (result)
         memset(result, 0, sizeof *result);
     if (!source || !copy_to_sql || ntargets == 0 || !targets || !copy_from_sql)
@@ -104,31 +125,21 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
     for (size_t i = 0; i < ntargets; i++)
         if (!targets[i] || !copy_from_sql[i])
             goto out;
-    rc = build(&m, source, copy_to_sql, ntargets, targets, copy_from_sql, opts);
-    if (rc != PGFAN_OK)
-        goto out;
     own_tx = calloc(ntargets, 1);
-    if (!own_tx) {
+    res = calloc(ntargets, sizeof *res);
+    if (!own_tx || !res) {
         rc = PGFAN_ENOMEM;
         goto out;
     }
-    for (size_t i = 0; i < ntargets; i++) {
-        if (PQtransactionStatus(targets[i]) != PQTRANS_IDLE)
-            continue;
-        pgfan_fault f;
-        if (exec_simple(targets[i], "BEGIN", &f, (int)i, m->receivers[i]->label) != 0) {
-            fan_manager_post_fault(m, &f);
-            rc = f.code;
-            settle(m, i, targets, own_tx, 0);
-            goto out;
-        }
-        own_tx[i] = 1;
-    }
-    rc = pgfan_manager_run(m);
-    int policy = opts ? opts->policy : PGFAN_POLICY_ABORT;
-    int may_commit = rc == PGFAN_OK || (policy == PGFAN_POLICY_DROP &&
-                                        rc != PGFAN_EPRODUCER && rc != PGFAN_EABORTED);
-    size_t committed = settle(m, ntargets, targets, own_tx, may_commit);
+    rc = build(&m, source, copy_to_sql, ntargets, targets, copy_from_sql, opts);
+    if (rc == PGFAN_OK && begin_all(ntargets, targets, own_tx, &error) != 0)
+        rc = error.code;
+    if (rc == PGFAN_OK)
+        rc = pgfan_manager_run(m);
+    for (size_t i = 0; m && i < ntargets; i++)
+        pgfan_manager_receiver(m, i, &res[i]);
+    size_t committed = settle(m, ntargets, targets, own_tx,
+                              opts ? opts->policy : PGFAN_POLICY_ABORT, res, &error);
     if (result)
         result->committed = committed;
     if (committed > 0 && committed < ntargets)
@@ -139,16 +150,25 @@ out:
     if (result && m) {
         pgfan_progress pr;
         pgfan_manager_progress(m, &pr);
-        result->rows = m->producer->ended ? m->producer->final_rows : pr.producer_rows;
+        result->rows = pr.producer_rows;
         result->bytes = pr.producer_bytes;
     }
-    if (target_results && m)
-        for (size_t i = 0; i < ntargets && i < m->nreceivers; i++)
-            pgfan_manager_receiver(m, i, &target_results[i]);
-    describe_failure(result, rc, m);
+    if (target_results && res)
+        memcpy(target_results, res, ntargets * sizeof *res);
+    if (result && rc != PGFAN_OK) {
+        result->has_error = 1;
+        if (!(m && pgfan_manager_fault(m, 0, &result->error) == PGFAN_OK)) {
+            if (error.message[0])
+                result->error = error;
+            else
+                fan_fault_set(&result->error, PGFAN_MANAGER_INDEX, "pgfan", rc, "%s",
+                              pgfan_strerror(rc));
+        }
+    }
     if (result)
         result->seconds = fan_seconds_since(&t0);
     free(own_tx);
+    free(res);
     pgfan_manager_free(m);
     return rc;
 }

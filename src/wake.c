@@ -25,7 +25,7 @@ void fan_waiter_prepare(fan_waiter *w, uint64_t want)
      * 0 means awake, so a counter value of 0 (at the 2^64 wrap) is awaited
      * as 1: at worst one batch later, and a waker's fan_waiter_notify()
      * before it idles still wakes us. */
-    atomic_store(&w->want, want ? want : 1);
+    atomic_store_explicit(&w->want, want ? want : 1, memory_order_seq_cst);
 }
 
 void fan_waiter_cancel(fan_waiter *w)
@@ -73,7 +73,8 @@ void fan_waiter_notify(fan_waiter *w)
 {
     /* seq_cst: pairs with fan_waiter_prepare(); the exchange makes only one
      * waker pay for the system call. */
-    if (atomic_load(&w->want) && atomic_exchange(&w->want, 0))
+    if (atomic_load_explicit(&w->want, memory_order_seq_cst) &&
+        atomic_exchange_explicit(&w->want, 0, memory_order_seq_cst))
         fan_waiter_kick(w);
 }
 
@@ -81,7 +82,8 @@ void fan_waiter_notify_at(fan_waiter *w, uint64_t value)
 {
     /* seq_cst load: pairs with fan_waiter_prepare() (E3 in ring.h).  The
      * difference is taken as signed so free-running counters compare right. */
-    uint64_t want = atomic_load(&w->want);
-    if (want && (int64_t)(value - want) >= 0 && atomic_exchange(&w->want, 0))
+    uint64_t want = atomic_load_explicit(&w->want, memory_order_seq_cst);
+    if (want && (int64_t)(value - want) >= 0 &&
+        atomic_exchange_explicit(&w->want, 0, memory_order_seq_cst))
         fan_waiter_kick(w);
 }

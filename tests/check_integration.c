@@ -506,7 +506,7 @@ START_TEST(settings_that_change_data_are_refused_at_start)
         {{"SET extra_float_digits = 0", "SELECT 1", "SELECT 1"},
          "text",
          PGFAN_PRODUCER_INDEX,
-         {"source: extra_float_digits is 0", "rounded", ""}},
+         {"extra_float_digits is 0", "rounded", ""}},
         {{"SET lc_monetary = 'C'", "SET lc_monetary = 'de_DE.UTF-8'", "SELECT 1"},
          "text",
          0,
@@ -523,6 +523,14 @@ START_TEST(settings_that_change_data_are_refused_at_start)
                   res.error.message);
     ck_assert_status(res.error.code, PGFAN_ESETTINGS);
     ck_assert_int_eq(res.error.receiver, cases[_i].who);
+    /* The party is in the label, not in the message. */
+    if (cases[_i].who == PGFAN_PRODUCER_INDEX)
+        ck_assert_str_eq(res.error.label, "source");
+    else
+        ck_assert_msg(strchr(res.error.label, '/'), "label %s", res.error.label);
+    ck_assert_msg(strncmp(res.error.message, res.error.label, strlen(res.error.label)) !=
+                      0,
+                  "the message repeats the label: %s", res.error.message);
     for (int k = 0; k < 3; k++)
         ck_assert_msg(strstr(res.error.message, cases[_i].says[k]), "case %d: %s", _i,
                       res.error.message);

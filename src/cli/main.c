@@ -1,0 +1,353 @@
+/*
+ * pgfan: fan a table or query out to N PostgreSQL targets, all or nothing,
+ * with progress and a report.  Built on libpgfan's public API only; the
+ * run's state and helpers are in run.c, its ending in txn.c.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <pgfan.h>
+
+#include "progress.h"
+#include "run.h"
+#include "txn.h"
+
+#define interrupted cli_interrupted
+
+static double seconds_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+/* Everything checked before a byte moves. */
+static int preflight(run *r)
+{
+    cli_fail f;
+    if (plan_copy(&r->opt, r->source, r->targets, &r->plan, &f) != 0) {
+        print_fail(r, &f);
+        return -1;
+    }
+    r->report.format = r->plan.format;
+    snprintf(r->report.format_reason, sizeof r->report.format_reason, "%s",
+             r->plan.format_reason);
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        snprintf(r->report.targets[i].table, sizeof r->report.targets[i].table, "%s",
+                 r->plan.target_table[i] ? r->plan.target_table[i] : "");
+    if (!r->opt.quiet && r->plan.notes[0])
+        fprintf(stderr, "pgfan: note: %s\n", r->plan.notes);
+    if (!r->opt.quiet && r->plan.format_reason[0])
+        fprintf(stderr, "pgfan: note: --format auto copies as text: %s\n",
+                r->plan.format_reason);
+    for (size_t i = 0; i < r->opt.ntargets && r->opt.atomic; i++) {
+        int gave_up;
+        PGresult *res = sql_exec(r->targets[i], "SHOW max_prepared_transactions", 0, NULL,
+                                 0, &gave_up);
+        int zero =
+            PQresultStatus(res) != PGRES_TUPLES_OK || atoi(PQgetvalue(res, 0, 0)) == 0;
+        PQclear(res);
+        if (zero) {
+            fail_set(&f, (int)i, NULL,
+                     "max_prepared_transactions is 0; --atomic needs two-phase commit "
+                     "(set max_prepared_transactions > 0 and restart that server)");
+            print_fail(r, &f);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int begin_all(run *r)
+{
+    cli_fail f;
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        if (exec_ok(r, &r->targets[i], "BEGIN", (int)i, &f) != 0) {
+            print_fail(r, &f);
+            return -1;
+        }
+        r->in_tx[i] = 1;
+        if (r->plan.truncate_sql[i] &&
+            exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
+            print_fail(r, &f);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static pgfan_manager *build_manager(run *r)
+{
+    pgfan_options o;
+    pgfan_producer *p;
+    pgfan_manager *m;
+    pgfan_options_init(&o);
+    o.policy = r->opt.on_fault;
+    o.fault_hold_ms = 0; /* nobody reconciles here: settle faults at once */
+    o.stall_timeout_ms = r->opt.stall_timeout_ms;
+    o.progress_ms = 250;
+    if (r->opt.ring_slots)
+        o.ring_slots = r->opt.ring_slots;
+    if (r->opt.chunk_size)
+        o.chunk_bytes = r->opt.chunk_size;
+    if (pgfan_producer_new_statement(&p, r->source, r->plan.copy_out) != PGFAN_OK) {
+        fprintf(stderr, "pgfan: source: not a COPY ... TO STDOUT statement: %s\n",
+                r->plan.copy_out);
+        return NULL;
+    }
+    if (pgfan_manager_new(&m, p, &o) != PGFAN_OK) {
+        pgfan_producer_free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        pgfan_receiver *rc;
+        char label[32];
+        if (pgfan_receiver_new_statement(&rc, r->targets[i], r->plan.copy_in[i]) !=
+            PGFAN_OK) {
+            fprintf(stderr,
+                    "pgfan: target %zu: not a COPY ... FROM STDIN statement: %s\n", i + 1,
+                    r->plan.copy_in[i]);
+            pgfan_manager_free(m);
+            return NULL;
+        }
+        snprintf(label, sizeof label, "target %zu", i + 1);
+        int added = pgfan_receiver_set_label(rc, label);
+        if (added == PGFAN_OK)
+            added = pgfan_manager_add_receiver(m, rc, NULL);
+        if (added != PGFAN_OK) {
+            fprintf(stderr, "pgfan: target %zu: cannot be added to the copy: %s\n", i + 1,
+                    pgfan_strerror(added));
+            pgfan_receiver_free(rc);
+            pgfan_manager_free(m);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+static void print_first_fault(run *r, pgfan_manager *m)
+{
+    pgfan_fault fault;
+    cli_fail f;
+    if (pgfan_manager_fault(m, 0, &fault) == PGFAN_OK) {
+        fail_from_fault(&f, &fault);
+        print_fail(r, &f);
+    }
+}
+
+/* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
+ * interrupted. */
+static int transfer(run *r, pgfan_manager *m)
+{
+    progress_view view = {.out = stderr,
+                          .tty = isatty(STDERR_FILENO),
+                          .estimated_rows = r->plan.estimated_rows,
+                          .tables = r->plan.target_table};
+    int show =
+        !r->opt.quiet && (r->opt.progress == 1 || (r->opt.progress == -1 && view.tty));
+    pgfan_event ev;
+    cli_fail f;
+    if (!show)
+        view.tty = 0;
+    do {
+        if (interrupted) {
+            progress_clear(&view);
+            pgfan_manager_abort(m, "pgfan: interrupted");
+            return PGFAN_EABORTED;
+        }
+        if (pgfan_manager_next(m, &ev) != PGFAN_OK)
+            break;
+        if (ev.type == PGFAN_EVENT_FAULT) {
+            progress_clear(&view);
+            fail_from_fault(&f, &ev.fault);
+            print_fail(r, &f);
+        } else if (show) {
+            progress_draw(&view, m);
+        }
+    } while (ev.type != PGFAN_EVENT_END);
+    progress_clear(&view);
+    size_t seen = pgfan_manager_fault_count(m);
+    int rc = pgfan_manager_finish(m);
+    /* Faults of the end itself (CopyDone answered with an error, a row
+     * count that differs) come after END. */
+    for (size_t k = seen; k < pgfan_manager_fault_count(m); k++) {
+        pgfan_fault fault;
+        if (pgfan_manager_fault(m, k, &fault) == PGFAN_OK) {
+            fail_from_fault(&f, &fault);
+            print_fail(r, &f);
+        }
+    }
+    return rc;
+}
+
+static void collect(run *r, pgfan_manager *m)
+{
+    pgfan_progress p;
+    pgfan_manager_progress(m, &p);
+    r->report.source_rows = p.producer_rows;
+    r->report.bytes = p.producer_bytes;
+    /* When the source failed, the report says why every target rolled back. */
+    for (size_t k = 0; k < pgfan_manager_fault_count(m); k++) {
+        pgfan_fault fault;
+        cli_fail f;
+        if (pgfan_manager_fault(m, k, &fault) != PGFAN_OK ||
+            fault.receiver != PGFAN_PRODUCER_INDEX)
+            continue;
+        fail_from_fault(&f, &fault);
+        snprintf(r->report.source_sqlstate, sizeof r->report.source_sqlstate, "%s",
+                 f.sqlstate);
+        snprintf(r->report.source_error, sizeof r->report.source_error, "%s", f.message);
+        break;
+    }
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        pgfan_receiver_result res;
+        target_report *t = &r->report.targets[i];
+        pgfan_manager_receiver(m, i, &res);
+        t->rows = res.rows;
+        t->bytes = res.bytes;
+        t->seconds = res.seconds;
+        if (res.has_fault && res.fault.receiver == (int)i) {
+            cli_fail f;
+            fail_from_fault(&f, &res.fault);
+            snprintf(t->sqlstate, sizeof t->sqlstate, "%s", f.sqlstate);
+            snprintf(t->error, sizeof t->error, "%s", f.message);
+        }
+        /* The library's one commit rule says who may commit; the commit
+         * itself decides.  Under --on-fault drop a target that faulted is
+         * dropped, whether the fault came mid-stream or at CopyDone. */
+        if (res.may_commit)
+            t->outcome = OUTCOME_PENDING;
+        else if (res.state == PGFAN_RECEIVER_DONE)
+            t->outcome = OUTCOME_ROLLED_BACK; /* fine, but the copy failed */
+        else if (res.state == PGFAN_RECEIVER_DROPPED ||
+                 (t->error[0] && r->opt.on_fault == PGFAN_POLICY_DROP))
+            t->outcome = OUTCOME_DROPPED;
+        else
+            t->outcome = t->error[0] ? OUTCOME_FAILED : OUTCOME_ROLLED_BACK;
+    }
+}
+
+/* The report file is opened before anything happens, so a path that
+ * cannot be written is a usage error, not a failure after the commit. */
+static int open_report(run *r)
+{
+    if (!r->opt.report)
+        return 0;
+    r->report_file = strcmp(r->opt.report, "-") == 0 ? stdout : fopen(r->opt.report, "w");
+    if (r->report_file)
+        return 0;
+    fprintf(stderr, "pgfan: cannot write the report to %s: %s\n", r->opt.report,
+            strerror(errno));
+    return -1;
+}
+
+/* Writing the report never changes what the servers hold, nor the exit
+ * code that says it; a report that could not be written is said. */
+static void write_report(run *r)
+{
+    if (!r->report_file)
+        return;
+    if (r->report_file == stdout && r->stdout_closed) {
+        fprintf(stderr,
+                "pgfan: the report could not be written to standard output (it is "
+                "closed); the outcome above stands\n");
+        return;
+    }
+    int rc = write_json_report(r->report_file, &r->report);
+    if (fflush(r->report_file) != 0)
+        rc = -1;
+    if (r->report_file != stdout && fclose(r->report_file) != 0)
+        rc = -1;
+    r->report_file = NULL;
+    if (rc != 0)
+        fprintf(stderr,
+                "pgfan: the report could not be written to %s (%s); the outcome above "
+                "stands\n",
+                strcmp(r->opt.report, "-") == 0 ? "standard output" : r->opt.report,
+                strerror(errno));
+}
+
+static int finish_run(run *r, int code)
+{
+    rollback_all(r);
+    for (size_t i = 0; i < r->report.ntargets; i++)
+        if (r->report.targets[i].outcome == OUTCOME_PENDING)
+            r->report.targets[i].outcome = OUTCOME_ROLLED_BACK;
+    r->report.seconds = seconds_since(&r->started);
+    write_report(r);
+    if (!r->opt.quiet && code != EXIT_USAGE)
+        print_summary(stderr, &r->report);
+    if (code == EXIT_INTERRUPTED && !r->opt.quiet)
+        fprintf(stderr, "pgfan: interrupted: every target rolled back\n");
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        PQfinish(r->targets[i]);
+    PQfinish(r->source);
+    plan_free(&r->plan);
+    return code;
+}
+
+/* Keeps connections off closed standard descriptors: a socket that got fd 1
+ * would receive the report.  Returns whether stdout was closed. */
+static int guard_standard_fds(void)
+{
+    int stdout_closed = 0;
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+            continue;
+        stdout_closed |= fd == 1;
+        int devnull = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (devnull >= 0 && devnull != fd) {
+            dup2(devnull, fd);
+            close(devnull);
+        }
+    }
+    return stdout_closed;
+}
+
+int main(int argc, char **argv)
+{
+    static run r;
+    r.stdout_closed = guard_standard_fds();
+    char err[512];
+    clock_gettime(CLOCK_MONOTONIC, &r.started);
+    if (parse_options(argc, argv, &r.opt, err, sizeof err) != 0) {
+        fprintf(stderr, "pgfan: %s\n", err);
+        return EXIT_USAGE;
+    }
+    if (r.opt.show_help) {
+        fputs(cli_usage, stdout);
+        return 0;
+    }
+    if (r.opt.show_version) {
+        printf("pgfan %s (libpgfan %s, libpq %d)\n", PGFAN_VERSION_STRING,
+               pgfan_version_string(), PQlibVersion());
+        return 0;
+    }
+    cli_install_signals();
+    if (open_report(&r) != 0)
+        return EXIT_USAGE;
+    new_run_id(&r);
+    if (connect_all(&r) != 0 || preflight(&r) != 0 || begin_all(&r) != 0)
+        return finish_run(&r, interrupted ? EXIT_INTERRUPTED : EXIT_USAGE);
+    if (interrupted)
+        return finish_run(&r, EXIT_INTERRUPTED);
+    pgfan_manager *m = build_manager(&r);
+    if (!m)
+        return finish_run(&r, EXIT_USAGE);
+    int rc = pgfan_manager_start(m);
+    if (rc != PGFAN_OK) {
+        /* Refused before any data moved: formats, columns, statements. */
+        print_first_fault(&r, m);
+        pgfan_manager_free(m);
+        return finish_run(&r, EXIT_USAGE);
+    }
+    transfer(&r, m); /* its verdict is in each receiver's may_commit */
+    collect(&r, m);
+    pgfan_manager_free(m);
+    return finish_run(&r, conclude(&r));
+}

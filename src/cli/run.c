@@ -1,0 +1,206 @@
+/* The run's shared helpers: failures, bounded SQL, connections. */
+#include "run.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "conninfo.h"
+
+const char *who_name(const run *r, int who, char *buf, size_t len)
+{
+    if (who == WHO_SOURCE)
+        snprintf(buf, len, "source (%s)", r->source_masked);
+    else if (who >= 0)
+        snprintf(buf, len, "target %d (%s)", who + 1, r->report.targets[who].masked);
+    else
+        snprintf(buf, len, "pgfan");
+    return buf;
+}
+
+/* One line per error: who, the server's message, its SQLSTATE.  A target's
+ * error is also kept for the report. */
+void print_fail(run *r, const cli_fail *f)
+{
+    char who[1200];
+    if (f->who >= 0 && (size_t)f->who < r->report.ntargets &&
+        !r->report.targets[f->who].error[0]) {
+        target_report *t = &r->report.targets[f->who];
+        snprintf(t->sqlstate, sizeof t->sqlstate, "%s", f->sqlstate);
+        snprintf(t->error, sizeof t->error, "%s", f->message);
+        t->outcome = OUTCOME_FAILED;
+    }
+    fprintf(stderr, "pgfan: %s: %s", who_name(r, f->who, who, sizeof who), f->message);
+    if (f->sqlstate[0])
+        fprintf(stderr, " (SQLSTATE %s)", f->sqlstate);
+    fputc('\n', stderr);
+}
+
+/* A library fault as a cli_fail: who it is about (the fault carries its
+ * party in `receiver` and `label`; its message names nobody). */
+void fail_from_fault(cli_fail *f, const pgfan_fault *fault)
+{
+    fail_set(f,
+             fault->receiver == PGFAN_PRODUCER_INDEX  ? WHO_SOURCE
+             : fault->receiver == PGFAN_MANAGER_INDEX ? WHO_NONE
+                                                      : fault->receiver,
+             fault->sqlstate, "%s", fault->message);
+}
+
+void note_error(target_report *t, const cli_fail *f)
+{
+    snprintf(t->sqlstate, sizeof t->sqlstate, "%s", f->sqlstate);
+    snprintf(t->error, sizeof t->error, "%s", f->message);
+    t->outcome = OUTCOME_FAILED;
+}
+
+/* libpq's complaints about a connection string quote the offending part,
+ * which may be the password: everything between double quotes goes. */
+static void scrub_quoted(char *msg)
+{
+    char *w = msg;
+    int quoted = 0;
+    for (const char *p = msg; *p; p++) {
+        if (*p == '"') {
+            if (!quoted) {
+                memcpy(w, "\"...", 4);
+                w += 4;
+            } else {
+                *w++ = '"';
+            }
+            quoted = !quoted;
+        } else if (!quoted) {
+            *w++ = *p;
+        }
+    }
+    *w = '\0';
+}
+
+static PGconn *connect_to(run *r, const char *conninfo, int who, cli_fail *f)
+{
+    char *parse_error = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(conninfo, &parse_error);
+    PQconninfoFree(parsed);
+    if (!parsed) {
+        fail_set(f, who, NULL, "invalid connection string: %s",
+                 parse_error ? parse_error : "out of memory");
+        PQfreemem(parse_error);
+        scrub_quoted(f->message);
+        print_fail(r, f);
+        return NULL;
+    }
+    PGconn *c = sql_connect(conninfo);
+    if (!c)
+        return NULL; /* interrupted */
+    if (PQstatus(c) != CONNECTION_OK) {
+        const char *msg = PQerrorMessage(c);
+        fail_set(f, who, NULL, "connection failed: %s", *msg ? msg : "timeout expired");
+        size_t n = strlen(f->message);
+        while (n > 0 && f->message[n - 1] == '\n')
+            f->message[--n] = '\0';
+        print_fail(r, f);
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Closes a connection the server stopped answering: waiting on it could
+ * take forever, and closing it makes its server roll back. */
+void give_up(run *r, PGconn **c)
+{
+    (void)r;
+    PQfinish(*c);
+    *c = NULL;
+}
+
+/* Runs SQL on *c, bounded and interruptible (sql.h).  A connection that
+ * does not answer even a cancel is closed. */
+int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
+{
+    int gave_up;
+    PGresult *res = sql_exec(*c, sql, 0, NULL, 0, &gave_up);
+    int ok =
+        PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok && f && gave_up)
+        fail_set(f, who, NULL,
+                 "no answer to %s, nor to its cancel: the connection was closed", sql);
+    else if (!ok && f && !*c)
+        fail_set(f, who, NULL, "the connection was closed earlier");
+    else if (!ok && f)
+        fail_from_result(f, who, res, *c);
+    PQclear(res);
+    if (gave_up)
+        give_up(r, c);
+    return ok ? 0 : -1;
+}
+
+/*
+ * As pg_dump does: every session renders and reads values alike, in the
+ * source database's encoding, so no setting of a server, database or role
+ * can change a value on its way (a target that cannot hold a character
+ * says so with its own conversion error).
+ */
+static int pin_session(run *r, PGconn **c, int who)
+{
+    char sql[512];
+    cli_fail f;
+    snprintf(sql, sizeof sql,
+             "SET client_encoding = '%s'; SET DateStyle = 'ISO, YMD'; "
+             "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
+             "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
+             "SET xmloption = content",
+             r->encoding);
+    if (exec_ok(r, c, sql, who, &f) == 0)
+        return 0;
+    print_fail(r, &f);
+    return -1;
+}
+
+/* The source database's encoding, as a server names it (UTF8, LATIN1,
+ * SQL_ASCII, ...). */
+static int learn_encoding(run *r)
+{
+    const char *enc = PQparameterStatus(r->source, "server_encoding");
+    size_t n = enc ? strspn(enc, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") : 0;
+    if (!enc || n == 0 || enc[n] != '\0' || n >= sizeof r->encoding) {
+        cli_fail f;
+        fail_set(&f, WHO_SOURCE, NULL, "the server reported no usable encoding (%s)",
+                 enc ? enc : "none");
+        print_fail(r, &f);
+        return -1;
+    }
+    snprintf(r->encoding, sizeof r->encoding, "%s", enc);
+    return 0;
+}
+
+/* Rolls back every open transaction.  A connection still busy (a COPY the
+ * library gave up realigning) is closed instead: ROLLBACK would wait on it
+ * forever, and closing it rolls its transaction back. */
+void rollback_all(run *r)
+{
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        if (r->in_tx[i] && PQtransactionStatus(r->targets[i]) == PQTRANS_ACTIVE)
+            give_up(r, &r->targets[i]);
+        else if (r->in_tx[i] && PQstatus(r->targets[i]) == CONNECTION_OK)
+            exec_ok(r, &r->targets[i], "ROLLBACK", (int)i, NULL);
+        r->in_tx[i] = 0;
+    }
+}
+
+int connect_all(run *r)
+{
+    cli_fail f;
+    mask_conninfo(r->opt.source, r->source_masked, sizeof r->source_masked);
+    r->report.ntargets = r->opt.ntargets;
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        mask_conninfo(r->opt.targets[i], r->report.targets[i].masked,
+                      sizeof r->report.targets[i].masked);
+    if (!(r->source = connect_to(r, r->opt.source, WHO_SOURCE, &f)) ||
+        learn_encoding(r) != 0 || pin_session(r, &r->source, WHO_SOURCE) != 0)
+        return -1;
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        if (!(r->targets[i] = connect_to(r, r->opt.targets[i], (int)i, &f)) ||
+            pin_session(r, &r->targets[i], (int)i) != 0)
+            return -1;
+    return cli_interrupted ? -1 : 0;
+}

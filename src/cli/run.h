@@ -1,0 +1,66 @@
+/*
+ * The state of one run of the pgfan command, and the helpers every part of
+ * it uses: printing a failure, running SQL with a bound, the connections.
+ * One thread (main's) touches all of it; the signal handler only sets
+ * cli_interrupted (sql.h).
+ */
+#ifndef PGFAN_CLI_RUN_H
+#define PGFAN_CLI_RUN_H
+
+#include <stdio.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+#include <pgfan.h>
+
+#include "options.h"
+#include "plan.h"
+#include "report.h"
+#include "sql.h"
+
+enum exit_code {
+    EXIT_ALL_COMMITTED = 0,
+    EXIT_FAILED = 1,
+    EXIT_USAGE = 2,
+    EXIT_PARTIAL = 3,
+    EXIT_UNKNOWN = 4, /* a target's COMMIT went unanswered and could not be settled */
+    EXIT_INTERRUPTED = 130
+};
+
+typedef struct run {
+    cli_options opt;
+    PGconn *source;
+    PGconn *targets[MAX_TARGETS];
+    int in_tx[MAX_TARGETS];    /* BEGIN done, neither COMMIT nor ROLLBACK yet */
+    char gid[MAX_TARGETS][80]; /* prepared transaction, when --atomic */
+    char xid[MAX_TARGETS][24]; /* each target's transaction, to settle a lost COMMIT */
+    char run_id[40];           /* random, unique across hosts and pid namespaces */
+    FILE *report_file;         /* opened before any data moves */
+    int stdout_closed;         /* standard output was closed when we started */
+    char source_masked[1024];
+    char encoding[64]; /* the source database's: every session speaks it */
+    plan plan;
+    run_report report;
+    struct timespec started;
+} run;
+
+/* One line per error on stderr: who (password masked), the message, the
+ * SQLSTATE.  A target's first error is kept for the report. */
+void print_fail(run *r, const cli_fail *f);
+/* "source (...)", "target N (...)" or "pgfan". */
+const char *who_name(const run *r, int who, char *buf, size_t len);
+/* A library fault as a cli_fail. */
+void fail_from_fault(cli_fail *f, const pgfan_fault *fault);
+/* Records a target's error in the report and marks it failed. */
+void note_error(target_report *t, const cli_fail *f);
+
+/* Runs SQL on *c, bounded and interruptible; a connection that answers
+ * neither the statement nor its cancel is closed (*c becomes NULL). */
+int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
+void give_up(run *r, PGconn **c);
+/* Rolls back every open transaction (closing connections still busy). */
+void rollback_all(run *r);
+/* Connects to the source and every target, pinning their sessions. */
+int connect_all(run *r);
+
+#endif

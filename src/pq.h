@@ -1,0 +1,51 @@
+/*
+ * libpq helpers shared by the producer and receiver kinds: fault records
+ * from results and connections, connection labels, starting a COPY and
+ * checking what the server answered.  Called from whichever thread owns
+ * the connection at the time; none keeps state.
+ */
+#ifndef FAN_PQ_H
+#define FAN_PQ_H
+
+#include <libpq-fe.h>
+
+#include "pgfan.h"
+
+/* Fills a fault: who, its label, the code and a message. */
+void fan_fault_set(pgfan_fault *f, int who, const char *label, int code, const char *fmt,
+                   ...) __attribute__((format(printf, 5, 6)));
+/* From a failed result: the server's SQLSTATE and primary message. */
+void fan_fault_from_result(pgfan_fault *f, int who, const char *label,
+                           const PGresult *res);
+/* From the connection's error message. */
+void fan_fault_from_conn(pgfan_fault *f, int who, const char *label, PGconn *conn);
+
+/* "host:port/dbname" of a connection, never its password. */
+void fan_conn_label(PGconn *conn, char *buf, size_t len);
+
+/* Checks that conn can run a statement now.  Returns a status. */
+int fan_conn_ready(PGconn *conn, int who, const char *label, pgfan_fault *f);
+
+/* Sends a COPY statement; its answer is read by fan_copy_started(). */
+int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
+                  pgfan_fault *f);
+
+/*
+ * Reads the answer to a COPY statement and checks the server entered
+ * `want` (PGRES_COPY_OUT or PGRES_COPY_IN).  On success stores the column
+ * count and whether the data is binary.  On failure fills `f` (the
+ * server's error, or PGFAN_ENOTCOPY) and reads what is left, so the
+ * connection is idle again.  Blocks until the server answers.
+ */
+int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *label,
+                     int *nfields, int *binary, pgfan_fault *f);
+
+/* Reads results until NULL; keeps the first error in `f` (may be NULL).
+ * Returns 0, or -1 if there was an error. */
+int fan_drain_results(PGconn *conn, int who, const char *label, pgfan_fault *f);
+
+/* Sends a cancel request for what `conn` runs (blocking connect to the
+ * server's cancel port). */
+void fan_send_cancel(PGconn *conn);
+
+#endif
