@@ -346,7 +346,7 @@ static void detect_stalls(pgfan_manager *m)
          * stall_timeout_ms without movement. */
         uint64_t cursor = fan_ring_cursor(ring, i);
         uint64_t head = fan_ring_head(ring);
-        uint64_t moved = fan_receiver_moved(r);
+        uint64_t moved = fan_receiver_count(r, FAN_COUNT_MOVED);
         int waiting = fan_ring_is_gating(ring, i) &&
                       fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
                       fan_receiver_command_of(r) == FAN_CMD_NONE && head != cursor;
@@ -753,8 +753,8 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     fan_ring *ring = (fan_ring *)&m->shared.ring;
     memset(out, 0, sizeof *out);
     out->state = (pgfan_receiver_state)fan_receiver_state(r);
-    out->bytes = fan_receiver_bytes(r);
-    out->rows = fan_receiver_rows(r);
+    out->bytes = fan_receiver_count(r, FAN_COUNT_BYTES);
+    out->rows = fan_receiver_count(r, FAN_COUNT_ROWS);
     if (m->shared.ring_ready) {
         /* The two loads are not ordered: a cursor may be read past the
          * head, which is no lag. */
@@ -765,7 +765,7 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     out->seconds =
         elapsed(m, fan_state_is_final(out->state) ? fan_receiver_ended_at(r) : NULL);
     snprintf(out->label, sizeof out->label, "%s", fan_receiver_label(r));
-    out->notices = fan_receiver_notices(r);
+    out->notices = fan_receiver_count(r, FAN_COUNT_NOTICES);
     out->has_fault =
         fan_shared_receiver_fault((fan_shared *)&m->shared, index, &out->fault);
     out->may_commit = may_commit(m, out->state);

@@ -140,6 +140,13 @@ int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *lab
     return rc;
 }
 
+pgfan_format fan_copy_format(pgfan_format asked, int binary)
+{
+    if (binary)
+        return PGFAN_FORMAT_BINARY;
+    return asked == PGFAN_FORMAT_BINARY ? PGFAN_FORMAT_TEXT : asked;
+}
+
 void fan_send_cancel(PGconn *conn)
 {
     PGcancel *cancel = PQgetCancel(conn);

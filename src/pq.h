@@ -40,6 +40,11 @@ int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
 int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *label,
                      int *nfields, int *binary, pgfan_fault *f);
 
+/* The format of a started COPY: the server's word on binary wins over
+ * what the statement seemed to ask (text versus CSV only the statement
+ * says). */
+pgfan_format fan_copy_format(pgfan_format asked, int binary);
+
 /* Reads results until NULL; keeps the first error in `f` (may be NULL).
  * Returns 0, or -1 if there was an error. */
 int fan_drain_results(PGconn *conn, int who, const char *label, pgfan_fault *f);

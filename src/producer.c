@@ -255,16 +255,10 @@ static void *producer_main(void *arg)
 
 int fan_producer_start(pgfan_producer *p)
 {
-    if (pthread_create(&p->thread, NULL, producer_main, p) != 0)
-        return PGFAN_ESYSTEM;
-    p->thread_started = 1;
-    return PGFAN_OK;
+    return fan_thread_start(&p->thread, producer_main, p);
 }
 
 void fan_producer_join(pgfan_producer *p)
 {
-    if (p->thread_started) {
-        pthread_join(p->thread, NULL);
-        p->thread_started = 0;
-    }
+    fan_thread_join(&p->thread);
 }

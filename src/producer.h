@@ -54,8 +54,7 @@ struct pgfan_producer {
     _Atomic uint64_t bytes; /* progress counters, relaxed */
     _Atomic uint64_t rows;
     uint64_t final_rows; /* the thread's, until it closes the ring */
-    pthread_t thread;
-    int thread_started;
+    fan_thread thread;
 };
 
 /* Allocates a producer of a kind; NULL without memory. */

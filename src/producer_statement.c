@@ -47,10 +47,7 @@ static int statement_begin(pgfan_producer *p, pgfan_fault *f)
     if (rc != PGFAN_OK)
         return rc;
     p->in_copy = 1;
-    if (binary)
-        p->format = PGFAN_FORMAT_BINARY;
-    else if (p->format == PGFAN_FORMAT_BINARY)
-        p->format = PGFAN_FORMAT_TEXT;
+    p->format = fan_copy_format(p->format, binary);
     return PGFAN_OK;
 }
 

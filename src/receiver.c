@@ -99,29 +99,14 @@ int fan_receiver_exited(pgfan_receiver *r)
 
 /* Relaxed: counters for progress and the stall watch; no data is read on
  * the strength of them. */
-uint64_t fan_receiver_bytes(pgfan_receiver *r)
+uint64_t fan_receiver_count(pgfan_receiver *r, enum fan_receiver_counter c)
 {
-    return atomic_load_explicit(&r->bytes, memory_order_relaxed);
+    return atomic_load_explicit(&r->count[c], memory_order_relaxed);
 }
 
-uint64_t fan_receiver_rows(pgfan_receiver *r)
+void fan_receiver_count_add(pgfan_receiver *r, enum fan_receiver_counter c, uint64_t n)
 {
-    return atomic_load_explicit(&r->rows, memory_order_relaxed);
-}
-
-uint64_t fan_receiver_moved(pgfan_receiver *r)
-{
-    return atomic_load_explicit(&r->moved, memory_order_relaxed);
-}
-
-uint64_t fan_receiver_notices(pgfan_receiver *r)
-{
-    return atomic_load_explicit(&r->notices, memory_order_relaxed);
-}
-
-void fan_receiver_moved_add(pgfan_receiver *r, uint64_t n)
-{
-    atomic_fetch_add_explicit(&r->moved, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&r->count[c], n, memory_order_relaxed);
 }
 
 const struct timespec *fan_receiver_ended_at(pgfan_receiver *r)
@@ -201,8 +186,8 @@ static void set_state(pgfan_receiver *r, pgfan_receiver_state s)
 
 void fan_receiver_raise_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state)
 {
-    f->bytes = fan_receiver_bytes(r);
-    f->rows = fan_receiver_rows(r);
+    f->bytes = fan_receiver_count(r, FAN_COUNT_BYTES);
+    f->rows = fan_receiver_count(r, FAN_COUNT_ROWS);
     set_state(r, state);
     fan_shared_post_fault(r->shared, f);
 }
@@ -214,9 +199,8 @@ void fan_receiver_raise(pgfan_receiver *r, pgfan_fault *f)
 
 static void add_progress(pgfan_receiver *r, const fan_slot *s)
 {
-    /* Relaxed: progress counters. */
-    atomic_fetch_add_explicit(&r->bytes, s->len, memory_order_relaxed);
-    atomic_fetch_add_explicit(&r->rows, s->rows, memory_order_relaxed);
+    fan_receiver_count_add(r, FAN_COUNT_BYTES, s->len);
+    fan_receiver_count_add(r, FAN_COUNT_ROWS, s->rows);
 }
 
 /* CopyDone, then the server's row count against the source's. */
@@ -231,7 +215,9 @@ static void complete(pgfan_receiver *r)
     /* The ring closed ENDED before the COMMIT verdict: source_rows is
      * published (shared.h). */
     uint64_t want = r->shared->source_rows;
-    atomic_store_explicit(&r->rows, r->server_rows, memory_order_relaxed);
+    /* Relaxed: the count reported from now on is the server's. */
+    atomic_store_explicit(&r->count[FAN_COUNT_ROWS], r->server_rows,
+                          memory_order_relaxed);
     if (r->server_rows != want) {
         fan_fault_set(&f, (int)r->index, r->label, PGFAN_EROWCOUNT,
                       "the target stored %llu rows but the source sent %llu",
@@ -387,16 +373,10 @@ static void *receiver_main(void *arg)
 
 int fan_receiver_start(pgfan_receiver *r)
 {
-    if (pthread_create(&r->thread, NULL, receiver_main, r) != 0)
-        return PGFAN_ESYSTEM;
-    r->thread_started = 1;
-    return PGFAN_OK;
+    return fan_thread_start(&r->thread, receiver_main, r);
 }
 
 void fan_receiver_join(pgfan_receiver *r)
 {
-    if (r->thread_started) {
-        pthread_join(r->thread, NULL);
-        r->thread_started = 0;
-    }
+    fan_thread_join(&r->thread);
 }

@@ -11,7 +11,7 @@
  *    loads it after waking: seq_cst both sides), `state`, `drained` and
  *    `exited` (the thread stores them after the work they announce and
  *    pokes the manager, which loads them: seq_cst both sides), and the
- *    relaxed counters `bytes`, `rows`, `moved` and `notices`.
+ *    relaxed counters in `count`.
  */
 #ifndef FAN_RECEIVER_H
 #define FAN_RECEIVER_H
@@ -33,6 +33,16 @@ enum fan_command {
     FAN_CMD_PAUSE,  /* leave the gating set and wait (the caller asked) */
     FAN_CMD_STALL,  /* leave the gating set and report a stall fault */
     FAN_CMD_RESUME  /* resume from the cursor (the manager re-joined it) */
+};
+
+/* A receiver's progress counters: bytes and rows handed over, bytes moved
+ * to the target (the manager's stall watch), notices seen. */
+enum fan_receiver_counter {
+    FAN_COUNT_BYTES,
+    FAN_COUNT_ROWS,
+    FAN_COUNT_MOVED,
+    FAN_COUNT_NOTICES,
+    FAN_COUNTERS
 };
 
 typedef struct fan_receiver_ops {
@@ -83,15 +93,14 @@ struct pgfan_receiver {
     pgfan_call_fn call;
     void *call_arg;
 
-    atomic_int state;   /* pgfan_receiver_state */
-    atomic_int command; /* enum fan_command */
-    atomic_int drained; /* consumed the final head of an ended ring */
-    atomic_int exited;  /* the thread no longer touches conn */
-    _Atomic uint64_t bytes, rows, moved, notices;
-    uint64_t server_rows; /* PQcmdTuples at COMMAND_OK */
+    atomic_int state;                     /* pgfan_receiver_state */
+    atomic_int command;                   /* enum fan_command */
+    atomic_int drained;                   /* consumed the final head of an ended ring */
+    atomic_int exited;                    /* the thread no longer touches conn */
+    _Atomic uint64_t count[FAN_COUNTERS]; /* relaxed progress counters */
+    uint64_t server_rows;                 /* PQcmdTuples at COMMAND_OK */
     struct timespec ended_at;
-    pthread_t thread;
-    int thread_started;
+    fan_thread thread;
 };
 
 pgfan_receiver *fan_receiver_alloc(const fan_receiver_ops *ops, const char *label);
@@ -116,11 +125,9 @@ enum fan_command fan_receiver_command_of(pgfan_receiver *r);
 int fan_receiver_state(pgfan_receiver *r);
 int fan_receiver_drained(pgfan_receiver *r);
 int fan_receiver_exited(pgfan_receiver *r);
-/* Relaxed progress counters. */
-uint64_t fan_receiver_bytes(pgfan_receiver *r);
-uint64_t fan_receiver_rows(pgfan_receiver *r);
-uint64_t fan_receiver_moved(pgfan_receiver *r);
-uint64_t fan_receiver_notices(pgfan_receiver *r);
+/* Relaxed progress counters: anyone reads, the receiver's thread adds. */
+uint64_t fan_receiver_count(pgfan_receiver *r, enum fan_receiver_counter c);
+void fan_receiver_count_add(pgfan_receiver *r, enum fan_receiver_counter c, uint64_t n);
 const struct timespec *fan_receiver_ended_at(pgfan_receiver *r);
 
 /* DONE, FAILED or DROPPED: the receiver's COPY has ended for good. */
@@ -135,8 +142,6 @@ static inline int fan_state_is_final(int state)
 /* Reports a fault; the receiver then waits in `state` for the manager. */
 void fan_receiver_raise_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state);
 void fan_receiver_raise(pgfan_receiver *r, pgfan_fault *f);
-/* Counts bytes handed to the target (the manager's stall watch). */
-void fan_receiver_moved_add(pgfan_receiver *r, uint64_t n);
 /* The ring and this receiver's waiter. */
 fan_ring *fan_receiver_ring(pgfan_receiver *r);
 fan_waiter *fan_receiver_waiter(pgfan_receiver *r);

@@ -52,7 +52,7 @@ static int call_deliver(pgfan_receiver *r, const fan_slot *s)
         fan_receiver_raise(r, &f);
         return -1;
     }
-    fan_receiver_moved_add(r, s->len);
+    fan_receiver_count_add(r, FAN_COUNT_MOVED, s->len);
     return 0;
 }
 

@@ -86,10 +86,7 @@ static int statement_finish_begin(pgfan_receiver *r, pgfan_format source_format,
     if (rc != PGFAN_OK)
         return rc;
     r->in_copy = 1;
-    if (binary)
-        r->format = PGFAN_FORMAT_BINARY;
-    else if (r->format == PGFAN_FORMAT_BINARY)
-        r->format = PGFAN_FORMAT_TEXT;
+    r->format = fan_copy_format(r->format, binary);
     return PGFAN_OK;
 }
 
@@ -123,8 +120,7 @@ static void find_default_receiver(void)
 static void count_notice(void *arg, const PGresult *res)
 {
     pgfan_receiver *r = arg;
-    /* Relaxed: only this thread writes; the manager reads a count. */
-    atomic_fetch_add_explicit(&r->notices, 1, memory_order_relaxed);
+    fan_receiver_count_add(r, FAN_COUNT_NOTICES, 1);
     r->saved_notice(NULL, res);
 }
 
@@ -239,14 +235,13 @@ static int check_input(pgfan_receiver *r)
     struct timespec split_until;
     int split_wait = 0;
     for (;;) {
-        uint64_t before = atomic_load_explicit(&r->notices, memory_order_relaxed);
+        uint64_t before = fan_receiver_count(r, FAN_COUNT_NOTICES);
         if (!PQconsumeInput(r->conn) || PQstatus(r->conn) == CONNECTION_BAD ||
             PQputCopyData(r->conn, "", 0) < 0) {
             conn_fault(r);
             return -1;
         }
-        if (atomic_load_explicit(&r->notices, memory_order_relaxed) != before ||
-            !r->counting_notices)
+        if (fan_receiver_count(r, FAN_COUNT_NOTICES) != before || !r->counting_notices)
             return 0;
         /* Not a notice: either one split across reads, or the server left
          * COPY mode.  Give a split notice SPLIT_NOTICE_WAIT_MS to complete. */
@@ -316,7 +311,7 @@ static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
         if (rc == 1) {
             r->slot_sent += n;
             flushed_for_room = 0;
-            fan_receiver_moved_add(r, n); /* the manager's stall watch */
+            fan_receiver_count_add(r, FAN_COUNT_MOVED, n); /* the manager's stall watch */
             continue;
         }
         if (rc < 0) {

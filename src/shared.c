@@ -4,6 +4,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+int fan_thread_start(fan_thread *t, void *(*fn)(void *), void *arg)
+{
+    if (pthread_create(&t->id, NULL, fn, arg) != 0)
+        return PGFAN_ESYSTEM;
+    t->started = 1;
+    return PGFAN_OK;
+}
+
+void fan_thread_join(fan_thread *t)
+{
+    if (t->started)
+        pthread_join(t->id, NULL);
+    t->started = 0;
+}
+
 int fan_shared_init(fan_shared *s, const pgfan_options *opts)
 {
     memset(s, 0, sizeof *s);

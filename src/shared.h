@@ -49,6 +49,17 @@ typedef struct fan_shared {
     fan_waiter wake;
 } fan_shared;
 
+/* A worker thread: started once, joined once. */
+typedef struct fan_thread {
+    pthread_t id;
+    int started;
+} fan_thread;
+
+/* Returns PGFAN_OK or PGFAN_ESYSTEM. */
+int fan_thread_start(fan_thread *t, void *(*fn)(void *), void *arg);
+/* Joins a started thread; nothing for one that never started. */
+void fan_thread_join(fan_thread *t);
+
 /* Returns 0, or -1 when a lock or waiter cannot be made. */
 int fan_shared_init(fan_shared *s, const pgfan_options *opts);
 /* Sets up the ring and the per-receiver fault table.  Returns a status. */
