@@ -551,7 +551,7 @@ static int wait_for_backend(PGconn *admin, const char *dbname, const char *event
         if (waitid(P_PID, (id_t)child, &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
             info.si_pid == child)
             return 0; /* exited; left for cli_finish() to reap */
-        sleep_ms(10);
+        sleep_ms(10); /* a poll for a state, bounded by the loop; not a timing bet */
     }
     return 0;
 }

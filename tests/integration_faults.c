@@ -127,6 +127,29 @@ static pgfan_receiver_state state_of(pgfan_manager *m, size_t i)
     return rr.state;
 }
 
+/* The whole source in id order, held back from id 100000 on until the test
+ * releases advisory lock GATE_KEY, so "mid-stream" never depends on which
+ * thread is faster.  OFFSET 0 keeps the planner from flattening the
+ * subquery, which would test the gate below the sort, before any row. */
+#define GATE_KEY 424242
+#define GATED_SQL                                                                        \
+    "COPY (SELECT s.* FROM (SELECT * FROM " SOURCE                                       \
+    " ORDER BY id OFFSET 0) s WHERE CASE "                                               \
+    "WHEN s.id < 100000 THEN true ELSE pg_advisory_xact_lock_shared(424242) IS NOT "     \
+    "NULL "                                                                              \
+    "END) TO STDOUT"
+
+/* Holds the gated source at id 100000 (the test's own session lock). */
+static void gate_close(PGconn *admin)
+{
+    pgt_exec(admin, "SELECT pg_advisory_lock(%d)", GATE_KEY);
+}
+
+static void gate_open(PGconn *admin)
+{
+    pgt_exec(admin, "SELECT pg_advisory_unlock(%d)", GATE_KEY);
+}
+
 /* Runs cycles until the producer has read `bytes`; no fault may happen. */
 static void run_until_bytes(pgfan_manager *m, uint64_t bytes)
 {
@@ -136,6 +159,7 @@ static void run_until_bytes(pgfan_manager *m, uint64_t bytes)
         ck_assert_msg(ev.type == PGFAN_EVENT_PROGRESS, "unexpected event %d: %s", ev.type,
                       ev.fault.message);
     }
+    /* Callers hold the source back (GATED_SQL), so this is not a race. */
     ck_assert_int_eq(progress(m).producer_done, 0);
 }
 
@@ -253,12 +277,14 @@ START_TEST(terminated_backend)
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
     pgfan_options o = options(policy, 0, 0);
-    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
     ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     run_until_bytes(m, 2 << 20);
     pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.targets[1]));
     pgfan_fault fault = next_fault(m);
+    gate_open(admin);
     ck_assert_int_eq(fault.receiver, 1);
     ck_assert_msg(fault.code == PGFAN_ECONN || strcmp(fault.sqlstate, "57P01") == 0,
                   "fault: %s %s", fault.sqlstate, fault.message);
@@ -294,18 +320,6 @@ END_TEST
 
 /* ---- a row in the middle violates a CHECK constraint ---- */
 
-/* The whole source in id order, held back from id 100000 on until the test
- * releases advisory lock GATE_KEY, so "mid-stream" never depends on which
- * thread is faster.  OFFSET 0 keeps the planner from flattening the
- * subquery, which would test the gate below the sort, before any row. */
-#define GATE_KEY 424242
-#define GATED_SQL                                                                        \
-    "COPY (SELECT s.* FROM (SELECT * FROM " SOURCE                                       \
-    " ORDER BY id OFFSET 0) s WHERE CASE "                                               \
-    "WHEN s.id < 100000 THEN true ELSE pg_advisory_xact_lock_shared(424242) IS NOT "     \
-    "NULL "                                                                              \
-    "END) TO STDOUT"
-
 START_TEST(constraint_violation_is_seen_mid_stream)
 {
     PGconn *admin = pgt_connect();
@@ -314,7 +328,7 @@ START_TEST(constraint_violation_is_seen_mid_stream)
     fanout_open(&f, SOURCE, 2, "text");
     pgt_exec(f.targets[1], "ALTER TABLE %s ADD CONSTRAINT no_5000 CHECK (id <> 5000)",
              f.tables[1]);
-    pgt_exec(admin, "SELECT pg_advisory_lock(%d)", GATE_KEY);
+    gate_close(admin);
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
     pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
@@ -490,13 +504,15 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
     fanout_open(&f, SOURCE, 3, "text");
     isolate_target(&f, 1);
     pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 300);
-    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
     ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     run_until_bytes(m, 1 << 20);
     int pid = PQbackendPID(f.targets[1]);
     ck_assert_int_eq(kill(pid, SIGSTOP), 0);
     pgfan_fault fault = next_fault(m);
+    gate_open(admin);
     int stopped_ok = fault.receiver == 1 && fault.code == PGFAN_ESTALL;
     /* The others receive everything while target 1 is stopped. */
     pgfan_event ev;
@@ -674,13 +690,15 @@ static void end_mid_copy(int use_abort)
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
-    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
     ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     run_until_bytes(m, 2 << 20);
     if (use_abort)
         ck_assert_status(pgfan_manager_abort(m, "pgfan test: caller abort"), PGFAN_OK);
     ck_assert_status(pgfan_manager_finish(m), PGFAN_EABORTED);
+    gate_open(admin); /* the cancelled source no longer waits for it */
     for (size_t i = 0; i < 3; i++)
         ck_assert_int_eq(state_of(m, i), PGFAN_RECEIVER_FAILED);
     pgfan_manager_free(m);
@@ -712,7 +730,8 @@ START_TEST(abort_returns_while_a_target_is_stopped)
     PGconn *admin_b = pgt_connect_b();
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
     o.realign_timeout_ms = 300;
-    pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
     ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     run_until_bytes(m, 1 << 20);
@@ -722,6 +741,7 @@ START_TEST(abort_returns_while_a_target_is_stopped)
     /* Returns although the stopped server cannot answer CopyFail. */
     int rc = pgfan_manager_abort(m, "pgfan test: abort with a stopped target");
     kill(pid, SIGCONT);
+    gate_open(admin);
     ck_assert_status(rc, PGFAN_OK);
     ck_assert_status(pgfan_manager_finish(m), PGFAN_EABORTED);
     ck_assert_int_eq(state_of(m, 0), PGFAN_RECEIVER_FAILED);
