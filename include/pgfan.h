@@ -22,6 +22,7 @@
 #ifndef PGFAN_H
 #define PGFAN_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -173,6 +174,19 @@ typedef struct pgfan_options {
                                         render and read values alike (client_encoding,
                                         DateStyle, IntervalStyle, extra_float_digits,
                                         lc_monetary, TimeZone); default 0 */
+    const volatile sig_atomic_t *interrupt; /* when not NULL and *interrupt turns
+                                        nonzero (say, from the caller's SIGINT
+                                        handler), pgfan_manager_start() stops
+                                        waiting for a server, cancels what it
+                                        waits for and fails with PGFAN_EABORTED;
+                                        during the copy, pgfan_manager_next()
+                                        aborts it as pgfan_manager_abort() would.
+                                        Default NULL */
+    unsigned int start_timeout_ms;          /* how long pgfan_manager_start() waits for
+                                               a server to start its COPY (a table
+                                               locked by another session) before it
+                                               cancels it and fails with PGFAN_ESTALL;
+                                               0 = no limit (default) */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */

@@ -112,19 +112,16 @@ static void realign_all(pgfan_manager *m, const char *reason)
 /* Reads a session's settings; a connection that cannot answer now is left
  * for the start of its COPY to report.  Returns 0, 1 when skipped, or -1
  * with the server's error in `f`. */
-static int read_settings(PGconn *conn, int textual, fan_session_settings *s, int who,
-                         const char *label, pgfan_fault *f)
+static int read_settings(const pgfan_manager *m, PGconn *conn, int textual,
+                         fan_session_settings *s, int who, const char *label,
+                         pgfan_fault *f)
 {
-    PGresult *failed;
     PGTransactionStatusType tx = PQtransactionStatus(conn);
     if (PQstatus(conn) != CONNECTION_OK || PQisBusy(conn) ||
         (tx != PQTRANS_IDLE && tx != PQTRANS_INTRANS))
         return 1;
-    if (fan_settings_read(conn, textual, s, &failed) == 0)
-        return 0;
-    fan_fault_from_result(f, who, label, failed);
-    PQclear(failed);
-    return -1;
+    fan_wait w = fan_wait_from_options(&m->shared.opts);
+    return fan_settings_read(conn, textual, &w, who, label, s, f) == PGFAN_OK ? 0 : -1;
 }
 
 /*
@@ -140,8 +137,8 @@ static int check_settings(pgfan_manager *m, pgfan_fault *f)
     if (m->shared.opts.trust_session_settings || !source)
         return PGFAN_OK;
     int textual = fan_producer_format(m->producer) != PGFAN_FORMAT_BINARY;
-    int rc =
-        read_settings(source, textual, &src, PGFAN_PRODUCER_INDEX, FAN_SOURCE_LABEL, f);
+    int rc = read_settings(m, source, textual, &src, PGFAN_PRODUCER_INDEX,
+                           FAN_SOURCE_LABEL, f);
     if (rc != 0)
         return rc < 0 ? f->code : PGFAN_OK;
     if (fan_settings_check_source(&src, textual, why, sizeof why) != 0) {
@@ -154,7 +151,7 @@ static int check_settings(pgfan_manager *m, pgfan_fault *f)
         PGconn *conn = fan_receiver_conn(r);
         if (!conn)
             continue;
-        rc = read_settings(conn, textual, &dst, (int)i, fan_receiver_label(r), f);
+        rc = read_settings(m, conn, textual, &dst, (int)i, fan_receiver_label(r), f);
         if (rc < 0)
             return f->code;
         if (rc == 0 && fan_settings_compare(&src, &dst, textual, why, sizeof why) != 0) {
@@ -452,7 +449,10 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
     struct timespec t0;
     fan_now(&t0);
     unsigned int stall_ms = m->shared.opts.stall_timeout_ms;
+    const volatile sig_atomic_t *interrupt = m->shared.opts.interrupt;
     for (;;) {
+        if (interrupt && *interrupt && fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE)
+            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED, "pgfan: interrupted");
         if (take_fault(m, &ev->fault)) {
             apply_policy(m, &ev->fault);
             ev->type = PGFAN_EVENT_FAULT;

@@ -1,9 +1,12 @@
 /* libpq helpers: fault records, labels, starting a COPY. */
 #include "pq.h"
 
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "clock.h"
 
 void fan_fault_set(pgfan_fault *f, int who, const char *label, int code, const char *fmt,
                    ...)
@@ -113,9 +116,99 @@ int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
     return PGFAN_OK;
 }
 
-int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *label,
-                     int *nfields, int *binary, pgfan_fault *f)
+fan_wait fan_wait_from_options(const pgfan_options *opts)
 {
+    fan_wait w = {opts->interrupt, opts->start_timeout_ms, opts->realign_timeout_ms};
+    return w;
+}
+
+/* Polls conn until its answer is complete, the deadline (NULL: none)
+ * passes or *interrupt turns nonzero.  Returns 0 when complete, 1 when
+ * given up, -1 when the connection broke. */
+static int poll_until_ready(PGconn *conn, const struct timespec *deadline,
+                            const volatile sig_atomic_t *interrupt)
+{
+    for (;;) {
+        if (!PQconsumeInput(conn))
+            return -1;
+        if (!PQisBusy(conn))
+            return 0;
+        if (interrupt && *interrupt)
+            return 1;
+        long ms = 100; /* a signal's EINTR is seen at once; the flag at worst here */
+        if (deadline) {
+            long left = fan_ms_until(deadline);
+            if (left <= 0)
+                return 1;
+            if (left < ms)
+                ms = left;
+        }
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+        poll(&pfd, 1, (int)ms);
+    }
+}
+
+/* After a cancel: reads the answer away, ending a COPY that began anyway. */
+static void discard_answer(PGconn *conn)
+{
+    PGresult *res;
+    while ((res = PQgetResult(conn)) != NULL) {
+        ExecStatusType st = PQresultStatus(res);
+        PQclear(res);
+        if (st == PGRES_COPY_IN)
+            PQputCopyEnd(conn, "pgfan: the copy could not start");
+        if (st == PGRES_COPY_OUT || st == PGRES_COPY_IN) {
+            fan_drain_results(conn, 0, NULL, NULL);
+            return;
+        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            return;
+    }
+}
+
+int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label,
+                     pgfan_fault *f)
+{
+    struct timespec limit;
+    if (w->limit_ms)
+        fan_deadline(&limit, w->limit_ms);
+    int got = poll_until_ready(conn, w->limit_ms ? &limit : NULL, w->interrupt);
+    if (got == 0)
+        return PGFAN_OK;
+    if (got < 0) {
+        fan_fault_from_conn(f, who, label, conn);
+        return PGFAN_ECONN;
+    }
+    int interrupted = w->interrupt && *w->interrupt;
+    fan_send_cancel(conn);
+    struct timespec answer;
+    fan_deadline(&answer, w->cancel_ms);
+    if (poll_until_ready(conn, &answer, NULL) != 0) {
+        fan_fault_set(f, who, label, PGFAN_ECONN,
+                      "the server did not answer a cancel within %u ms; the "
+                      "connection is still busy and should be closed",
+                      w->cancel_ms);
+        return PGFAN_ECONN;
+    }
+    discard_answer(conn);
+    if (interrupted) {
+        fan_fault_set(f, who, label, PGFAN_EABORTED,
+                      "interrupted while waiting for the server to answer");
+        return PGFAN_EABORTED;
+    }
+    fan_fault_set(f, who, label, PGFAN_ESTALL,
+                  "the server did not start the COPY within %u ms (is the table "
+                  "locked by another session?)",
+                  w->limit_ms);
+    return PGFAN_ESTALL;
+}
+
+int fan_copy_started(PGconn *conn, ExecStatusType want, const fan_wait *w, int who,
+                     const char *label, int *nfields, int *binary, pgfan_fault *f)
+{
+    int waited = fan_await_result(conn, w, who, label, f);
+    if (waited != PGFAN_OK)
+        return waited;
     PGresult *res = PQgetResult(conn);
     ExecStatusType st = PQresultStatus(res);
     int rc;

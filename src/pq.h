@@ -8,8 +8,34 @@
 #define FAN_PQ_H
 
 #include <libpq-fe.h>
+#include <signal.h>
 
 #include "pgfan.h"
+
+/* The bounds of a wait on the caller's thread for a server's answer:
+ * give up when *interrupt (may be NULL) turns nonzero or after limit_ms
+ * (0: no limit); after giving up, wait at most cancel_ms for the answer
+ * to the cancel. */
+typedef struct fan_wait {
+    const volatile sig_atomic_t *interrupt;
+    unsigned int limit_ms;
+    unsigned int cancel_ms;
+} fan_wait;
+
+/* The bounds a manager's options give the waits of its start. */
+fan_wait fan_wait_from_options(const pgfan_options *opts);
+
+/*
+ * Waits, within `w`, until the answer to what was sent on conn can be read
+ * without blocking.  On giving up it cancels the statement, reads and
+ * discards its answer (ending a COPY IN that started anyway), and fills
+ * `f`: PGFAN_EABORTED (interrupted), PGFAN_ESTALL (limit_ms passed) or
+ * PGFAN_ECONN (the connection broke, or the server did not answer the
+ * cancel in time: it is still busy and should be closed).  Returns the
+ * status.
+ */
+int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label,
+                     pgfan_fault *f);
 
 /* Fills a fault: who, its label, the code and a message. */
 void fan_fault_set(pgfan_fault *f, int who, const char *label, int code, const char *fmt,
@@ -35,10 +61,10 @@ int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
  * `want` (PGRES_COPY_OUT or PGRES_COPY_IN).  On success stores the column
  * count and whether the data is binary.  On failure fills `f` (the
  * server's error, or PGFAN_ENOTCOPY) and reads what is left, so the
- * connection is idle again.  Blocks until the server answers.
+ * connection is idle again.  Waits within `w` (fan_await_result()).
  */
-int fan_copy_started(PGconn *conn, ExecStatusType want, int who, const char *label,
-                     int *nfields, int *binary, pgfan_fault *f);
+int fan_copy_started(PGconn *conn, ExecStatusType want, const fan_wait *w, int who,
+                     const char *label, int *nfields, int *binary, pgfan_fault *f);
 
 /* The format of a started COPY: the server's word on binary wins over
  * what the statement seemed to ask (text versus CSV only the statement

@@ -40,9 +40,10 @@ static void statement_destroy(pgfan_producer *p)
 static int statement_begin(pgfan_producer *p, pgfan_fault *f)
 {
     int binary;
+    fan_wait w = fan_wait_from_options(&p->shared->opts);
     int rc = fan_copy_send(p->conn, p->sql, PGFAN_PRODUCER_INDEX, FAN_SOURCE_LABEL, f);
     if (rc == PGFAN_OK)
-        rc = fan_copy_started(p->conn, PGRES_COPY_OUT, PGFAN_PRODUCER_INDEX,
+        rc = fan_copy_started(p->conn, PGRES_COPY_OUT, &w, PGFAN_PRODUCER_INDEX,
                               FAN_SOURCE_LABEL, &p->nfields, &binary, f);
     if (rc != PGFAN_OK)
         return rc;

@@ -81,7 +81,8 @@ static int statement_finish_begin(pgfan_receiver *r, pgfan_format source_format,
 {
     (void)source_format; /* checked against what the server says, by the caller */
     int binary;
-    int rc = fan_copy_started(r->conn, PGRES_COPY_IN, (int)r->index, r->label,
+    fan_wait w = fan_wait_from_options(&r->shared->opts);
+    int rc = fan_copy_started(r->conn, PGRES_COPY_IN, &w, (int)r->index, r->label,
                               &r->nfields, &binary, f);
     if (rc != PGFAN_OK)
         return rc;

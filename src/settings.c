@@ -11,28 +11,37 @@ static void copy_status(PGconn *conn, const char *name, char *out, size_t len)
     snprintf(out, len, "%s", v ? v : "");
 }
 
-int fan_settings_read(PGconn *conn, int textual, fan_session_settings *s,
-                      PGresult **failed)
+int fan_settings_read(PGconn *conn, int textual, const fan_wait *w, int who,
+                      const char *label, fan_session_settings *s, pgfan_fault *f)
 {
     memset(s, 0, sizeof *s);
-    *failed = NULL;
     s->server_version = PQserverVersion(conn);
     copy_status(conn, "client_encoding", s->client_encoding, sizeof s->client_encoding);
     copy_status(conn, "DateStyle", s->datestyle, sizeof s->datestyle);
     copy_status(conn, "IntervalStyle", s->intervalstyle, sizeof s->intervalstyle);
     copy_status(conn, "TimeZone", s->timezone, sizeof s->timezone);
     if (!textual)
-        return 0;
-    PGresult *res = PQexec(conn, "SELECT current_setting('extra_float_digits'), "
-                                 "current_setting('lc_monetary')");
+        return PGFAN_OK;
+    if (!PQsendQuery(conn, "SELECT current_setting('extra_float_digits'), "
+                           "current_setting('lc_monetary')")) {
+        fan_fault_from_conn(f, who, label, conn);
+        return PGFAN_ECONN;
+    }
+    int rc = fan_await_result(conn, w, who, label, f);
+    if (rc != PGFAN_OK)
+        return rc;
+    PGresult *res = PQgetResult(conn);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        *failed = res;
-        return -1;
+        fan_fault_from_result(f, who, label, res);
+        PQclear(res);
+        fan_drain_results(conn, who, label, NULL);
+        return f->code;
     }
     s->extra_float_digits = atoi(PQgetvalue(res, 0, 0));
     snprintf(s->lc_monetary, sizeof s->lc_monetary, "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
-    return 0;
+    fan_drain_results(conn, who, label, NULL);
+    return PGFAN_OK;
 }
 
 int fan_settings_check_source(const fan_session_settings *src, int textual, char *why,

@@ -20,6 +20,8 @@
 
 #include <libpq-fe.h>
 
+#include "pq.h"
+
 typedef struct fan_session_settings {
     char client_encoding[64];
     char datestyle[64];
@@ -32,11 +34,11 @@ typedef struct fan_session_settings {
 
 /*
  * Reads the settings of `conn` (reported ones from libpq; the others with
- * one query, only when `textual`).  Returns 0, or -1 when the query failed
- * (its result is left in *failed for the caller to report, else NULL).
+ * one query, only when `textual`, waiting within `w`).  Returns a status;
+ * on failure `f` says why, as party `who` named `label`.
  */
-int fan_settings_read(PGconn *conn, int textual, fan_session_settings *s,
-                      PGresult **failed);
+int fan_settings_read(PGconn *conn, int textual, const fan_wait *w, int who,
+                      const char *label, fan_session_settings *s, pgfan_fault *f);
 
 /*
  * Checks that the source renders values without loss (extra_float_digits).

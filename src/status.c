@@ -81,4 +81,6 @@ void pgfan_options_init(pgfan_options *opts)
     opts->progress_ms = 100;
     opts->realign_timeout_ms = 30000;
     opts->trust_session_settings = 0;
+    opts->interrupt = NULL;
+    opts->start_timeout_ms = 0;
 }

@@ -814,6 +814,60 @@ START_TEST(a_signal_interrupts_a_blocked_statement)
 }
 END_TEST
 
+/* A target whose COPY cannot start (its table is locked in SHARE mode by
+ * another session): SIGINT cancels the waiting COPY, pgfan exits 130 with
+ * nothing committed and no statement left waiting on the lock. */
+START_TEST(a_signal_interrupts_a_locked_copy_start)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *holder = db(2);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "LOCK TABLE %s IN SHARE MODE", table);
+    char *argv[] = {"pgfan", "-s",        conninfo[0], "-t",  conninfo[1],
+                    "-t",    conninfo[2], "--table",   table, "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    PGconn *admin = db(0);
+    int backend = wait_for_backend(admin, "cli_target_2", "Lock:relation", pid);
+    ck_assert_int_ne(backend, 0);
+    kill(pid, SIGINT);
+    cli_run r = cli_finish(pid, out, err);
+    pgt_assert_no_copy_running(holder); /* while the lock is still held */
+    pgt_exec(holder, "ROLLBACK");
+    ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(admin);
+    PQfinish(holder);
+    drop_tables(table);
+}
+END_TEST
+
+/* The same lock with --stall-timeout: the COPY start is given up after the
+ * timeout, named, and pgfan exits 1 with nothing committed. */
+START_TEST(a_locked_copy_start_fails_at_the_stall_timeout)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *holder = db(2);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "LOCK TABLE %s IN SHARE MODE", table);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2],
+                        "--table", table, "--stall-timeout", "1", "--no-progress", NULL);
+    pgt_assert_no_copy_running(holder);
+    pgt_exec(holder, "ROLLBACK");
+    ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2") && strstr(r.err, "locked by another session"),
+                  "%s", r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(holder);
+    drop_tables(table);
+}
+END_TEST
+
 /* A target blocked on a row lock with --on-fault drop --stall-timeout: it
  * is stalled out, cancelled and rolled back; the others commit; pgfan
  * exits 3 and leaves no COPY behind. */
@@ -871,6 +925,8 @@ static Suite *cli_suite(void)
     tcase_add_loop_test(tc, a_lost_commit_is_settled_by_asking_the_server, 0, 2);
     tcase_add_test(tc, a_signal_interrupts_a_blocked_statement);
     tcase_add_test(tc, a_lock_blocked_target_is_dropped_and_the_rest_commit);
+    tcase_add_test(tc, a_signal_interrupts_a_locked_copy_start);
+    tcase_add_test(tc, a_locked_copy_start_fails_at_the_stall_timeout);
     suite_add_tcase(s, tc);
     return s;
 }

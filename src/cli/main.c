@@ -90,6 +90,8 @@ static pgfan_manager *build_manager(run *r)
     o.policy = r->opt.on_fault;
     o.fault_hold_ms = 0; /* nobody reconciles here: settle faults at once */
     o.stall_timeout_ms = r->opt.stall_timeout_ms;
+    o.start_timeout_ms = r->opt.stall_timeout_ms; /* a target locked out of its COPY */
+    o.interrupt = &cli_interrupted;
     o.progress_ms = 250;
     if (r->opt.ring_slots)
         o.ring_slots = r->opt.ring_slots;
@@ -128,6 +130,12 @@ static pgfan_manager *build_manager(run *r)
         }
     }
     return m;
+}
+
+/* A COPY that did not start because of the server, not the request. */
+static int start_failed_by_server(int rc)
+{
+    return rc == PGFAN_ESTALL || rc == PGFAN_ECONN || rc == PGFAN_EABORTED;
 }
 
 static void print_first_fault(run *r, pgfan_manager *m)
@@ -341,10 +349,14 @@ int main(int argc, char **argv)
         return finish_run(&r, EXIT_USAGE);
     int rc = pgfan_manager_start(m);
     if (rc != PGFAN_OK) {
-        /* Refused before any data moved: formats, columns, statements. */
-        print_first_fault(&r, m);
+        /* Nothing moved.  Refusals (formats, columns, statements, settings)
+         * are usage errors; a server that would not start is a failure. */
+        if (!interrupted)
+            print_first_fault(&r, m);
         pgfan_manager_free(m);
-        return finish_run(&r, EXIT_USAGE);
+        return finish_run(&r, interrupted                  ? EXIT_INTERRUPTED
+                              : start_failed_by_server(rc) ? EXIT_FAILED
+                                                           : EXIT_USAGE);
     }
     transfer(&r, m); /* its verdict is in each receiver's may_commit */
     collect(&r, m);
