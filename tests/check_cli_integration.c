@@ -19,6 +19,7 @@
 #include "pgtest.h"
 
 Suite *fidelity_suite(void);
+Suite *sets_suite(void);
 
 #define NT     3
 #define SECRET "hunter2secret"
@@ -935,6 +936,7 @@ int main(void)
 {
     SRunner *sr = srunner_create(cli_suite());
     srunner_add_suite(sr, fidelity_suite());
+    srunner_add_suite(sr, sets_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

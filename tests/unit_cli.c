@@ -5,6 +5,7 @@
 #include "../src/cli/conninfo.h"
 #include "../src/cli/ident.h"
 #include "../src/cli/options.h"
+#include "../src/cli/pattern.h"
 #include "suites.h"
 
 static const char *masked(const char *in)
@@ -185,6 +186,46 @@ START_TEST(truncate_and_columns_need_a_known_table)
 }
 END_TEST
 
+static void assert_pattern(const char *pattern, const char *schema, const char *name)
+{
+    char s[256], n[256];
+    int has;
+    ck_assert_int_eq(pattern_regex(pattern, s, sizeof s, n, sizeof n, &has), 0);
+    ck_assert_str_eq(s, schema);
+    ck_assert_str_eq(n, name);
+    ck_assert_int_eq(has, schema[0] != '\0');
+}
+
+/* pg_dump's pattern rules: folding, wildcards, quotes, the schema dot. */
+START_TEST(table_patterns_read_as_pg_dump_reads_them)
+{
+    assert_pattern("Orders", "", "^(orders)$");
+    assert_pattern("public.*", "^(public)$", "^(.*)$");
+    assert_pattern("sales.order_?", "^(sales)$", "^(order_.)$");
+    assert_pattern("\"Sales\".\"Order Lines\"", "^(Sales)$", "^(Order Lines)$");
+    assert_pattern("\"a.b*\"", "", "^(a\\.b\\*)$");
+    assert_pattern("\"say \"\"hi\"\"\"", "", "^(say \"hi\")$");
+    assert_pattern("x$+", "", "^(x\\$\\+)$");
+    char s[256], n[256];
+    int has;
+    ck_assert_int_eq(pattern_regex("a.b.c", s, sizeof s, n, sizeof n, &has), -1);
+    ck_assert_int_eq(pattern_regex("averyveryverylongname", s, 8, n, 8, &has), -1);
+    cli_options o;
+    char err[256];
+    char *set[] = {"pgfan", "-s", "x", "-t", "y", "--table", "public.*", NULL};
+    ck_assert_int_eq(parse_options(7, set, &o, err, sizeof err), 0);
+    ck_assert_int_eq(o.set_mode, 1);
+    char *one[] = {"pgfan", "-s", "x", "-t", "y", "--table", "\"odd*name\"", NULL};
+    ck_assert_int_eq(parse_options(7, one, &o, err, sizeof err), 0);
+    ck_assert_int_eq(o.set_mode, 0);
+    char *bad[] = {"pgfan", "-s", "x", "-t", "y", "--all-tables", "--into", "z", NULL};
+    ck_assert_int_eq(parse_options(8, bad, &o, err, sizeof err), -1);
+    char *nc[] = {"pgfan", "-s", "x", "-t", "y", "--table", "a", "--not-consistent",
+                  NULL};
+    ck_assert_int_eq(parse_options(8, nc, &o, err, sizeof err), -1);
+}
+END_TEST
+
 Suite *cli_unit_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -196,6 +237,7 @@ Suite *cli_unit_suite(void)
     tcase_add_test(tc, refuses_bad_command_lines);
     tcase_add_test(tc, column_names_are_read_as_sql_writes_them);
     tcase_add_test(tc, truncate_and_columns_need_a_known_table);
+    tcase_add_test(tc, table_patterns_read_as_pg_dump_reads_them);
     suite_add_tcase(s, tc);
     return s;
 }

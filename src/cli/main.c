@@ -5,6 +5,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 
 #include "progress.h"
 #include "run.h"
+#include "set.h"
 #include "txn.h"
 
 #define interrupted cli_interrupted
@@ -280,6 +283,22 @@ static void write_report(run *r)
                 strerror(errno));
 }
 
+/* For a table set's coordinator: written whole, then renamed into place,
+ * so it reads either nothing or everything. */
+static void write_status(run *r, int code)
+{
+    if (!r->opt.status_file)
+        return;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.part", r->opt.status_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    int rc = write_status_lines(f, &r->report, code);
+    if (fclose(f) == 0 && rc == 0)
+        rename(tmp, r->opt.status_file);
+}
+
 static int finish_run(run *r, int code)
 {
     rollback_all(r);
@@ -288,6 +307,7 @@ static int finish_run(run *r, int code)
             r->report.targets[i].outcome = OUTCOME_ROLLED_BACK;
     r->report.seconds = seconds_since(&r->started);
     write_report(r);
+    write_status(r, code);
     if (!r->opt.quiet && code != EXIT_USAGE)
         print_summary(stderr, &r->report);
     if (code == EXIT_INTERRUPTED && !r->opt.quiet)
@@ -317,6 +337,16 @@ static int guard_standard_fds(void)
     return stdout_closed;
 }
 
+/* A table's command, run by a set's coordinator, aborts when the
+ * coordinator dies (say, killed with SIGKILL). */
+static void follow_coordinator(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    const char *parent = getenv("PGFAN_COORDINATOR_PID");
+    if (parent && atol(parent) != (long)getppid()) /* it died before prctl */
+        cli_interrupted = SIGTERM;
+}
+
 int main(int argc, char **argv)
 {
     static run r;
@@ -337,9 +367,13 @@ int main(int argc, char **argv)
         return 0;
     }
     cli_install_signals();
+    if (r.opt.set_id)
+        follow_coordinator();
     if (open_report(&r) != 0)
         return EXIT_USAGE;
     new_run_id(&r);
+    if (r.opt.set_mode)
+        return run_set(&r);
     if (connect_all(&r) != 0 || preflight(&r) != 0 || begin_all(&r) != 0)
         return finish_run(&r, interrupted ? EXIT_INTERRUPTED : EXIT_USAGE);
     if (interrupted)

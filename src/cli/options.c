@@ -30,6 +30,20 @@ const char cli_usage[] =
     "      --copy-in 'COPY ...'    a COPY ... FROM STDIN statement run on every target\n"
     "      --columns a,b,c         copy only these columns (SQL names: \"Mixed Case\");\n"
     "                              with --query, the target columns in result order\n"
+    "Table sets (one snapshot, each table read once for every target):\n"
+    "      --table PATTERN         repeatable; pg_dump patterns ('public.*', "
+    "'s.order_?')\n"
+    "      --schema PATTERN        every table of these schemas (repeatable)\n"
+    "      --exclude-table PATTERN leave these tables out (repeatable)\n"
+    "      --all-tables            every user table of the source database\n"
+    "  -j, --jobs N                tables copied at a time (default: from the cores)\n"
+    "      --snapshot ID           read through this exported snapshot\n"
+    "      --copy-schema           create the tables (pg_dump) before, indexes and\n"
+    "                              constraints after the data\n"
+    "      --retries N             reload a (table, target) pair whose server was lost\n"
+    "      --resume                load only the pairs an interrupted run left\n"
+    "      --not-consistent        resume even when its snapshot is gone\n"
+    "      --verify                compare every table with the source after loading\n"
     "How:\n"
     "      --format FORMAT         auto (default: binary when every column type matches\n"
     "                              on all sides, else text), text, csv or binary\n"
@@ -77,7 +91,19 @@ enum {
     OPT_PROGRESS,
     OPT_NO_PROGRESS,
     OPT_REPORT,
-    OPT_NO_SEQUENCES
+    OPT_NO_SEQUENCES,
+    OPT_SCHEMA,
+    OPT_EXCLUDE,
+    OPT_ALL_TABLES,
+    OPT_JOBS,
+    OPT_SNAPSHOT,
+    OPT_RESUME,
+    OPT_NOT_CONSISTENT,
+    OPT_RETRIES,
+    OPT_VERIFY,
+    OPT_COPY_SCHEMA,
+    OPT_SET_ID,
+    OPT_STATUS_FILE
 };
 
 static const struct option long_options[] = {
@@ -100,6 +126,18 @@ static const struct option long_options[] = {
     {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
     {"report", required_argument, NULL, OPT_REPORT},
     {"no-sequences", no_argument, NULL, OPT_NO_SEQUENCES},
+    {"schema", required_argument, NULL, OPT_SCHEMA},
+    {"exclude-table", required_argument, NULL, OPT_EXCLUDE},
+    {"all-tables", no_argument, NULL, OPT_ALL_TABLES},
+    {"jobs", required_argument, NULL, 'j'},
+    {"snapshot", required_argument, NULL, OPT_SNAPSHOT},
+    {"resume", no_argument, NULL, OPT_RESUME},
+    {"not-consistent", no_argument, NULL, OPT_NOT_CONSISTENT},
+    {"retries", required_argument, NULL, OPT_RETRIES},
+    {"verify", no_argument, NULL, OPT_VERIFY},
+    {"copy-schema", no_argument, NULL, OPT_COPY_SCHEMA},
+    {"set-id", required_argument, NULL, OPT_SET_ID},
+    {"status-file", required_argument, NULL, OPT_STATUS_FILE},
     {"quiet", no_argument, NULL, 'q'},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
@@ -169,7 +207,61 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
         o->targets[o->ntargets++] = arg;
         return 0;
     case OPT_TABLE:
-        return set_source(o, SOURCE_TABLE, arg, err, errlen);
+        if (o->ntables == MAX_PATTERNS)
+            FAIL("at most %d --table patterns", MAX_PATTERNS);
+        if (!*arg)
+            FAIL("an empty --table");
+        o->tables[o->ntables++] = arg;
+        return o->ntables > 1 ? 0 : set_source(o, SOURCE_TABLE, arg, err, errlen);
+    case OPT_SCHEMA:
+    case OPT_EXCLUDE:
+        if ((c == OPT_SCHEMA ? o->nschemas : o->nexcludes) == MAX_PATTERNS)
+            FAIL("at most %d --schema and --exclude-table patterns", MAX_PATTERNS);
+        if (!*arg)
+            FAIL("an empty --schema or --exclude-table");
+        if (c == OPT_SCHEMA)
+            o->schemas[o->nschemas++] = arg;
+        else
+            o->excludes[o->nexcludes++] = arg;
+        return 0;
+    case OPT_ALL_TABLES:
+        o->all_tables = 1;
+        return 0;
+    case 'j':
+        if (parse_count(arg, 256, &n) != 0)
+            FAIL("--jobs takes a number from 1 to 256, not \"%s\"", arg);
+        o->jobs = (unsigned int)n;
+        return 0;
+    case OPT_RETRIES:
+        if (strcmp(arg, "0") != 0 && parse_count(arg, 100, &n) != 0)
+            FAIL("--retries takes a number from 0 to 100, not \"%s\"", arg);
+        o->retries = strcmp(arg, "0") == 0 ? 0 : (unsigned int)n;
+        return 0;
+    case OPT_SNAPSHOT:
+        if (!*arg || strspn(arg, "0123456789ABCDEFabcdef-") != strlen(arg))
+            FAIL("--snapshot takes an exported snapshot id such as 00000003-0000001B-1, "
+                 "not \"%s\"",
+                 arg);
+        o->snapshot = arg;
+        return 0;
+    case OPT_RESUME:
+        o->resume = 1;
+        return 0;
+    case OPT_NOT_CONSISTENT:
+        o->not_consistent = 1;
+        return 0;
+    case OPT_VERIFY:
+        o->verify = 1;
+        return 0;
+    case OPT_COPY_SCHEMA:
+        o->copy_schema = 1;
+        return 0;
+    case OPT_SET_ID:
+        o->set_id = arg;
+        return 0;
+    case OPT_STATUS_FILE:
+        o->status_file = arg;
+        return 0;
     case OPT_QUERY:
         return set_source(o, SOURCE_QUERY, arg, err, errlen);
     case OPT_COPY_OUT:
@@ -248,6 +340,47 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
     FAIL("unknown option (see pgfan --help)");
 }
 
+/* A pg_dump pattern, not one table's name: unquoted * or ?. */
+static int is_pattern(const char *s)
+{
+    int quoted = 0;
+    for (; *s; s++) {
+        if (*s == '"')
+            quoted = !quoted;
+        else if (!quoted && (*s == '*' || *s == '?'))
+            return 1;
+    }
+    return 0;
+}
+
+/* Several tables, patterns, or what only sets have, make a table set. */
+static int check_set(cli_options *o, char *err, size_t errlen)
+{
+    o->set_mode = o->ntables > 1 || o->nschemas || o->nexcludes || o->all_tables ||
+                  o->jobs || o->resume || o->verify || o->copy_schema || o->retries ||
+                  (o->ntables == 1 && is_pattern(o->tables[0]));
+    if (!o->set_mode) {
+        if (o->not_consistent)
+            FAIL("--not-consistent goes with --resume");
+        return 0;
+    }
+    if (o->kind == SOURCE_QUERY || o->kind == SOURCE_COPY || o->into || o->copy_in ||
+        o->columns)
+        FAIL("a table set (several --table, patterns, --schema, --all-tables, --jobs, "
+             "--resume, --retries, --verify, --copy-schema) copies whole tables by "
+             "name: not with --query, --copy-out, --into, --copy-in or --columns");
+    if (!o->ntables && !o->nschemas && !o->all_tables)
+        FAIL("say which tables: --table PATTERN, --schema NAME or --all-tables");
+    if (o->all_tables && (o->ntables || o->nschemas))
+        FAIL("--all-tables selects every table: not with --table or --schema");
+    if (o->not_consistent && !o->resume)
+        FAIL("--not-consistent goes with --resume");
+    if (o->set_id || o->status_file)
+        FAIL("--set-id and --status-file are for one table");
+    o->kind = SOURCE_TABLE;
+    return 0;
+}
+
 static int check_combination(cli_options *o, char *err, size_t errlen)
 {
     if (o->show_help || o->show_version)
@@ -256,8 +389,12 @@ static int check_combination(cli_options *o, char *err, size_t errlen)
         FAIL("--source is required");
     if (o->ntargets == 0)
         FAIL("at least one --target is required");
+    if (check_set(o, err, errlen) != 0)
+        return -1;
+    if (o->set_mode)
+        return 0;
     if (o->kind == SOURCE_NONE)
-        FAIL("one of --table, --query or --copy-out is required");
+        FAIL("one of --table, --query, --copy-out, --schema or --all-tables is required");
     if (o->into && o->copy_in)
         FAIL("give --into or --copy-in, not both");
     if (o->kind != SOURCE_TABLE && !o->into && !o->copy_in)
@@ -279,7 +416,7 @@ int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errle
     optind = 0; /* full re-initialisation (GNU): parse_options may run again */
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":s:t:qVh", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":s:t:j:qVh", long_options, NULL)) != -1) {
         if (c == '?' || c == ':') {
             const char *bad = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
             FAIL("%s option: %s (see pgfan --help)",

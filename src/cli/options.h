@@ -6,7 +6,8 @@
 
 #include <pgfan.h>
 
-#define MAX_TARGETS 64
+#define MAX_TARGETS  64
+#define MAX_PATTERNS 256
 
 typedef enum source_kind {
     SOURCE_NONE,
@@ -39,6 +40,21 @@ typedef struct cli_options {
     int progress; /* -1: when stderr is a terminal */
     const char *report;
     int quiet, show_version, show_help;
+    /* Table sets (set.h). */
+    const char *tables[MAX_PATTERNS]; /* every --table, patterns allowed */
+    size_t ntables;
+    const char *schemas[MAX_PATTERNS];
+    size_t nschemas;
+    const char *excludes[MAX_PATTERNS];
+    size_t nexcludes;
+    int all_tables, resume, not_consistent, verify, copy_schema;
+    unsigned int jobs;    /* 0: chosen from the cores */
+    unsigned int retries; /* reloads of a (table, target) pair that lost its server */
+    const char *snapshot; /* an exported snapshot to read through */
+    int set_mode;         /* more than one table, a pattern or a set option */
+    /* Given by a set's coordinator to the command it runs per table. */
+    const char *set_id;      /* note the commit in pgfan.loaded under this id */
+    const char *status_file; /* write each target's outcome there, tab-separated */
 } cli_options;
 
 /*

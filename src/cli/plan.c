@@ -322,16 +322,16 @@ static char *column_list(const columns *c)
     return s;
 }
 
-static char *format_sql(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *format_sql(const char *fmt, ...)
+char *format_sql(const char *fmt, ...)
 {
     va_list ap, aq;
     va_start(ap, fmt);
     va_copy(aq, ap);
     int n = vsnprintf(NULL, 0, fmt, aq);
     va_end(aq);
-    char *s = malloc((size_t)n + 1);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s)
+        vsnprintf(s, (size_t)n + 1, fmt, ap);
     va_end(ap);
     return s;
 }

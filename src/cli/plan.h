@@ -41,6 +41,8 @@ typedef struct plan {
     size_t nsequences;
 } plan;
 
+/* A malloc'ed printf (NULL when out of memory). */
+char *format_sql(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void fail_set(cli_fail *f, int who, const char *sqlstate, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Fills `f` from a failed libpq result (SQLSTATE, primary message). */

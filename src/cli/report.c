@@ -21,7 +21,7 @@ const char *outcome_name(target_outcome o)
     return "failed";
 }
 
-static void json_string(FILE *out, const char *s)
+void json_string(FILE *out, const char *s)
 {
     fputc('"', out);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -41,12 +41,12 @@ static void json_string(FILE *out, const char *s)
     fputc('"', out);
 }
 
-static double mb_per_s(uint64_t bytes, double seconds)
+double mb_per_s(uint64_t bytes, double seconds)
 {
     return seconds > 0 ? (double)bytes / 1e6 / seconds : 0.0;
 }
 
-static void json_or_null(FILE *out, const char *s)
+void json_or_null(FILE *out, const char *s)
 {
     if (s[0])
         json_string(out, s);
@@ -114,4 +114,29 @@ void print_summary(FILE *out, const run_report *r)
     fprintf(out, "total: %llu rows, %.1f MB read once (%s) in %.2f s, %.1f MB/s\n",
             (unsigned long long)r->source_rows, (double)r->bytes / 1e6,
             pgfan_format_name(r->format), r->seconds, mb_per_s(r->bytes, r->seconds));
+}
+
+/* One field of a status line: tabs and line ends would split it. */
+static void status_field(FILE *out, const char *s)
+{
+    for (; *s; s++)
+        fputc(*s == '\t' || *s == '\n' || *s == '\r' ? ' ' : *s, out);
+}
+
+int write_status_lines(FILE *out, const run_report *r, int exit_code)
+{
+    fprintf(out, "exit\t%d\n", exit_code);
+    fprintf(out, "source\t%llu\t%llu\t%s\t", (unsigned long long)r->source_rows,
+            (unsigned long long)r->bytes, r->source_sqlstate);
+    status_field(out, r->source_error);
+    fputc('\n', out);
+    for (size_t i = 0; i < r->ntargets; i++) {
+        const target_report *t = &r->targets[i];
+        fprintf(out, "target\t%zu\t%s\t%llu\t%llu\t%.3f\t%s\t", i,
+                outcome_name(t->outcome), (unsigned long long)t->rows,
+                (unsigned long long)t->bytes, t->seconds, t->sqlstate);
+        status_field(out, t->error);
+        fputc('\n', out);
+    }
+    return ferror(out) ? -1 : 0;
 }

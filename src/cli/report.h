@@ -38,8 +38,15 @@ typedef struct run_report {
 } run_report;
 
 const char *outcome_name(target_outcome o);
+/* A JSON string; "" as null with json_or_null. */
+void json_string(FILE *out, const char *s);
+void json_or_null(FILE *out, const char *s);
+double mb_per_s(uint64_t bytes, double seconds);
 /* Writes the JSON report; returns 0 or -1 (errno set). */
 int write_json_report(FILE *out, const run_report *r);
+/* The outcome as tab-separated lines ("exit", "source", one "target" line
+ * per target), for a table set's coordinator (set.c). */
+int write_status_lines(FILE *out, const run_report *r, int exit_code);
 /* Human summary, one line per target and a total. */
 void print_summary(FILE *out, const run_report *r);
 

@@ -187,6 +187,40 @@ void rollback_all(run *r)
     }
 }
 
+int import_snapshot(run *r, PGconn **c, const char *id, cli_fail *f)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "SET TRANSACTION SNAPSHOT '%s'", id);
+    if (exec_ok(r, c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", WHO_SOURCE, f) ==
+            0 &&
+        exec_ok(r, c, sql, WHO_SOURCE, f) == 0)
+        return 0;
+    if (*c)
+        exec_ok(r, c, "ROLLBACK", WHO_SOURCE, NULL);
+    return -1;
+}
+
+static int import_given_snapshot(run *r)
+{
+    cli_fail f;
+    if (import_snapshot(r, &r->source, r->opt.snapshot, &f) == 0)
+        return 0;
+    print_fail(r, &f);
+    return -1;
+}
+
+int reconnect_target(run *r, size_t i)
+{
+    cli_fail f;
+    PQfinish(r->targets[i]);
+    r->targets[i] = connect_to(r, r->opt.targets[i], (int)i, &f);
+    if (r->targets[i] && pin_session(r, &r->targets[i], (int)i) == 0)
+        return 0;
+    PQfinish(r->targets[i]);
+    r->targets[i] = NULL;
+    return -1;
+}
+
 int connect_all(run *r)
 {
     cli_fail f;
@@ -196,7 +230,8 @@ int connect_all(run *r)
         mask_conninfo(r->opt.targets[i], r->report.targets[i].masked,
                       sizeof r->report.targets[i].masked);
     if (!(r->source = connect_to(r, r->opt.source, WHO_SOURCE, &f)) ||
-        learn_encoding(r) != 0 || pin_session(r, &r->source, WHO_SOURCE) != 0)
+        learn_encoding(r) != 0 || pin_session(r, &r->source, WHO_SOURCE) != 0 ||
+        (r->opt.snapshot && !r->opt.set_mode && import_given_snapshot(r) != 0))
         return -1;
     for (size_t i = 0; i < r->opt.ntargets; i++)
         if (!(r->targets[i] = connect_to(r, r->opt.targets[i], (int)i, &f)) ||

@@ -60,7 +60,14 @@ int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 void give_up(run *r, PGconn **c);
 /* Rolls back every open transaction (closing connections still busy). */
 void rollback_all(run *r);
-/* Connects to the source and every target, pinning their sessions. */
+/* Opens a read-only repeatable-read transaction on *c that sees the
+ * exported snapshot `id`.  Returns 0, or -1 with the reason in `f`. */
+int import_snapshot(run *r, PGconn **c, const char *id, cli_fail *f);
+/* Replaces target i's connection with a new pinned one.  Returns 0, or -1
+ * (printed; r->targets[i] is NULL). */
+int reconnect_target(run *r, size_t i);
+/* Connects to the source and every target, pinning their sessions (and,
+ * for one table with --snapshot, importing it on the source). */
 int connect_all(run *r);
 
 #endif

@@ -257,6 +257,30 @@ static int carry_sequences(run *r, size_t i, cli_fail *f)
  * target that fails here does not commit; under --on-fault abort, nobody
  * does.
  */
+/* For a table set: the pair (table, target) is noted as loaded in the
+ * same transaction as its rows, so a resumed run can trust the note after
+ * any crash (set.h). */
+static int note_loaded(run *r, size_t i, cli_fail *f)
+{
+    if (!r->opt.set_id)
+        return 0;
+    char rows[24];
+    int gave_up;
+    snprintf(rows, sizeof rows, "%llu", (unsigned long long)r->report.targets[i].rows);
+    const char *params[3] = {r->opt.set_id, r->report.targets[i].table, rows};
+    PGresult *res = sql_exec(r->targets[i],
+                             "INSERT INTO pgfan.loaded (set_id, table_name, rows) "
+                             "VALUES ($1, $2, $3::bigint)",
+                             3, params, 0, &gave_up);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fail_from_result(f, (int)i, res, r->targets[i]);
+    PQclear(res);
+    if (gave_up)
+        give_up(r, &r->targets[i]);
+    return ok ? 0 : -1;
+}
+
 static void before_commit(run *r, int *candidate)
 {
     cli_fail f;
@@ -266,7 +290,7 @@ static void before_commit(run *r, int *candidate)
             continue;
         if (exec_ok(r, &r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) !=
                 0 ||
-            carry_sequences(r, i, &f) != 0) {
+            carry_sequences(r, i, &f) != 0 || note_loaded(r, i, &f) != 0) {
             print_fail(r, &f);
             note_error(&r->report.targets[i], &f);
             candidate[i] = 0;

@@ -1,0 +1,73 @@
+/*
+ * The parts of a table set's run (set.h): the selection and snapshot
+ * (set.c), the notes kept on the targets (set_state.c), the per-table
+ * commands run K at a time (set_jobs.c), schema from pg_dump
+ * (set_schema.c), verification (set_verify.c) and the report
+ * (set_report.c).
+ */
+#ifndef PGFAN_CLI_SET_INTERNAL_H
+#define PGFAN_CLI_SET_INTERNAL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "set.h"
+
+/* One table on one target. */
+typedef struct pair {
+    char state[16]; /* "" (not loaded), "skipped" (loaded by an earlier run),
+                       or the table command's outcome: "committed", ... */
+    uint64_t rows, bytes;
+    double seconds;
+    unsigned int attempts;
+    char sqlstate[6];
+    char error[PGFAN_MESSAGE_MAX];
+    int verified; /* -1 not checked, 0 differs, 1 same */
+    char verify_note[300];
+} pair;
+
+typedef struct set_table {
+    char oid[16];
+    char *qualified; /* quote_ident(schema).quote_ident(name) */
+    char *display;   /* schema.name */
+    char kind;       /* 'r' table, 'p' partitioned */
+    double size;     /* bytes on disk: the biggest go first */
+    pair pairs[MAX_TARGETS];
+} set_table;
+
+typedef struct set_run {
+    run *r;
+    set_table *tables;
+    size_t ntables;
+    char snapshot[64];
+    int consistent; /* every table came from the one snapshot */
+    int resumed;
+    char set_id[40];
+    char source_id[256];
+    char prior_snapshot[64]; /* the snapshot of the run being resumed */
+    int schema_failed;
+} set_run;
+
+/* Runs SQL (with $n parameters) on *c; NULL with `f` filled on failure. */
+PGresult *set_query(set_run *s, PGconn **c, int who, const char *sql, int nparams,
+                    const char *const *params, cli_fail *f);
+
+/* set_state.c: pgfan.runs and pgfan.loaded on each target. */
+int find_prior_run(set_run *s, cli_fail *f);
+int prepare_targets(set_run *s, cli_fail *f);
+
+/* set_jobs.c: loads every pending pair; returns 0, or -1 when it could not
+ * start. */
+int copy_set(set_run *s);
+
+/* set_schema.c: pg_dump's pre-data or post-data section onto every target. */
+int apply_schema(set_run *s, const char *section);
+
+/* set_verify.c: compares each committed pair with the snapshot. */
+void verify_set(set_run *s);
+
+/* set_report.c: the report, the summary; closes everything. */
+int end_set(set_run *s, int code);
+int pair_done(const pair *p);
+
+#endif
