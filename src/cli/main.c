@@ -151,6 +151,26 @@ static void print_first_fault(run *r, pgfan_manager *m)
     }
 }
 
+/* For a set's coordinator: rows and bytes read so far, rewritten in place
+ * at each tick (fixed width, so a reader never sees a torn number). */
+static void note_progress(run *r, pgfan_manager *m)
+{
+    pgfan_progress p;
+    char path[4096], line[48];
+    if (!r->opt.status_file || pgfan_manager_progress(m, &p) != PGFAN_OK)
+        return;
+    snprintf(path, sizeof path, "%s.progress", r->opt.status_file);
+    int fd = open(path, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0)
+        return;
+    int n = snprintf(line, sizeof line, "%20llu %20llu\n",
+                     (unsigned long long)p.producer_rows,
+                     (unsigned long long)p.producer_bytes);
+    ssize_t written = pwrite(fd, line, (size_t)n, 0);
+    (void)written; /* progress only: a lost update is harmless */
+    close(fd);
+}
+
 /* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
  * interrupted. */
 static int transfer(run *r, pgfan_manager *m)
@@ -177,8 +197,10 @@ static int transfer(run *r, pgfan_manager *m)
             progress_clear(&view);
             fail_from_fault(&f, &ev.fault);
             print_fail(r, &f);
-        } else if (show) {
-            progress_draw(&view, m);
+        } else {
+            note_progress(r, m);
+            if (show)
+                progress_draw(&view, m);
         }
     } while (ev.type != PGFAN_EVENT_END);
     progress_clear(&view);

@@ -161,7 +161,11 @@ static int select_tables(set_run *s, cli_fail *f)
             "WITH sel AS (SELECT c.oid " USER_TABLES "AND (%s OR %s OR %s) AND NOT %s) "
             "SELECT c.oid, pg_catalog.quote_ident(n.nspname) || '.' || "
             "pg_catalog.quote_ident(c.relname), n.nspname || '.' || c.relname, "
-            "c.relkind, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum("
+            "c.relkind, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(greatest("
+            "p.reltuples, 0)), 0) FROM pg_catalog.pg_partition_tree(c.oid) t JOIN "
+            "pg_catalog.pg_class p ON p.oid = t.relid) ELSE greatest(c.reltuples, 0) "
+            "END, "
+            "CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum("
             "pg_catalog.pg_total_relation_size(t.relid)), 0) FROM "
             "pg_catalog.pg_partition_tree(c.oid) t) ELSE "
             "pg_catalog.pg_total_relation_size(c.oid) END "
@@ -169,7 +173,7 @@ static int select_tables(set_run *s, cli_fail *f)
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "WHERE NOT (c.relispartition AND EXISTS (SELECT 1 FROM "
             "pg_catalog.pg_partition_ancestors(c.oid) a WHERE a.relid <> c.oid AND "
-            "a.relid IN (SELECT oid FROM sel))) ORDER BY 5 DESC, 2",
+            "a.relid IN (SELECT oid FROM sel))) ORDER BY 6 DESC, 2",
             o->all_tables ? "true" : "false", inc_t, inc_s, exc);
     free(inc_t);
     free(inc_s);
@@ -188,7 +192,8 @@ static int select_tables(set_run *s, cli_fail *f)
         t->qualified = strdup(PQgetvalue(res, i, 1));
         t->display = strdup(PQgetvalue(res, i, 2));
         t->kind = PQgetvalue(res, i, 3)[0];
-        t->size = strtod(PQgetvalue(res, i, 4), NULL);
+        t->rows_estimate = strtod(PQgetvalue(res, i, 4), NULL);
+        t->size = strtod(PQgetvalue(res, i, 5), NULL);
         for (size_t k = 0; k < MAX_TARGETS; k++)
             t->pairs[k].verified = -1;
     }

@@ -28,10 +28,11 @@ typedef struct pair {
 
 typedef struct set_table {
     char oid[16];
-    char *qualified; /* quote_ident(schema).quote_ident(name) */
-    char *display;   /* schema.name */
-    char kind;       /* 'r' table, 'p' partitioned */
-    double size;     /* bytes on disk: the biggest go first */
+    char *qualified;      /* quote_ident(schema).quote_ident(name) */
+    char *display;        /* schema.name */
+    char kind;            /* 'r' table, 'p' partitioned */
+    double size;          /* bytes on disk: the biggest go first */
+    double rows_estimate; /* from the statistics, for progress */
     pair pairs[MAX_TARGETS];
 } set_table;
 

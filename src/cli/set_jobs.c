@@ -291,6 +291,9 @@ static int settle(set_run *s, job *j, queue *q)
                      "the table's copy ended without saying how (killed?)");
         }
     relay_errors(s, j);
+    char progress[600];
+    snprintf(progress, sizeof progress, "%s.progress", j->status);
+    unlink(progress);
     unlink(j->status);
     unlink(j->errlog);
     job next = *j;
@@ -347,11 +350,41 @@ static void stop_all(job *running, unsigned int k)
             kill(running[i].pid, SIGTERM);
 }
 
+/* The COPY bytes a finished table moved (the most any target took). */
+static double moved_of(const set_table *t)
+{
+    double most = 0;
+    for (size_t i = 0; i < MAX_TARGETS; i++)
+        if ((double)t->pairs[i].bytes > most)
+            most = (double)t->pairs[i].bytes;
+    return most;
+}
+
+/* Rows and bytes a running table's command has read so far. */
+static void job_progress(const job *j, double *rows, double *bytes)
+{
+    char path[600], line[64];
+    unsigned long long r = 0, b = 0;
+    snprintf(path, sizeof path, "%s.progress", j->status);
+    FILE *f = fopen(path, "r");
+    if (f && fgets(line, sizeof line, f) && sscanf(line, "%llu %llu", &r, &b) == 2) {
+        *rows = (double)r;
+        *bytes = (double)b;
+    }
+    if (f)
+        fclose(f);
+}
+
+/*
+ * Tables done, running and left; the share of the set done, counting a
+ * running table's rows read against its estimate; the COPY bytes moved and
+ * their rate; the time left at that pace.
+ */
 static void draw_progress(set_run *s, const job *running, unsigned int k, size_t queued,
                           double started, int tty)
 {
     size_t done = 0, busy = 0;
-    double bytes_done = 0, total = 0;
+    double bytes_done = 0, total = 0, moved = 0;
     for (size_t t = 0; t < s->ntables; t++) {
         int all = 1;
         for (size_t i = 0; i < s->r->opt.ntargets; i++)
@@ -360,17 +393,28 @@ static void draw_progress(set_run *s, const job *running, unsigned int k, size_t
         if (all) {
             done++;
             bytes_done += s->tables[t].size;
+            moved += moved_of(&s->tables[t]);
         }
     }
-    for (unsigned int i = 0; i < k; i++)
-        busy += running[i].pid > 0;
+    for (unsigned int i = 0; i < k; i++) {
+        if (running[i].pid <= 0)
+            continue;
+        double rows = 0, bytes = 0, est = s->tables[running[i].table].rows_estimate;
+        busy++;
+        job_progress(&running[i], &rows, &bytes);
+        moved += bytes;
+        double share = est > 0 ? rows / est : 0;
+        bytes_done += s->tables[running[i].table].size * (share < 1 ? share : 1);
+    }
     double secs = now_s() - started;
-    double rate = secs > 0 ? bytes_done / secs : 0;
-    double eta = rate > 0 ? (total - bytes_done) / rate : -1;
-    fprintf(stderr, "%stables: %zu done, %zu running, %zu left; %.1f of %.1f MB on disk",
-            tty ? "\r\033[K" : "", done, busy, queued, bytes_done / 1e6, total / 1e6);
+    double share = total > 0 ? bytes_done / total : 0;
+    double eta = share > 0.001 ? secs * (1 - share) / share : -1;
+    fprintf(stderr,
+            "%stables: %zu done, %zu running, %zu left; %.0f%%, %.1f MB read, %.1f MB/s",
+            tty ? "\r\033[K" : "", done, busy, queued, share * 100, moved / 1e6,
+            secs > 0 ? moved / 1e6 / secs : 0);
     if (eta >= 0)
-        fprintf(stderr, ", %.1f MB/s, ETA %.0f s", rate / 1e6, eta);
+        fprintf(stderr, ", ETA %.0f s", eta);
     fputs(tty ? "" : "\n", stderr);
 }
 

@@ -11,7 +11,7 @@
 #include "set_internal.h"
 
 static const char state_ddl[] =
-    "CREATE SCHEMA IF NOT EXISTS pgfan; "
+    "SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS pgfan; "
     "CREATE TABLE IF NOT EXISTS pgfan.runs (set_id text PRIMARY KEY, snapshot text NOT "
     "NULL, source text NOT NULL, started_at timestamptz NOT NULL DEFAULT now()); "
     "CREATE TABLE IF NOT EXISTS pgfan.loaded (set_id text NOT NULL, table_name text NOT "
