@@ -335,7 +335,7 @@ START_TEST(constraint_violation_is_seen_mid_stream)
     ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
     pgfan_fault fault = next_fault(m);
     pgfan_progress pr = progress(m);
-    pgt_exec(admin, "SELECT pg_advisory_unlock(%d)", GATE_KEY);
+    gate_open(admin);
     ck_assert_int_eq(fault.receiver, 1);
     ck_assert_status(fault.code, PGFAN_ESERVER);
     ck_assert_str_eq(fault.sqlstate, "23514");

@@ -115,23 +115,33 @@ void give_up(run *r, PGconn **c)
 
 /* Runs SQL on *c, bounded and interruptible (sql.h).  A connection that
  * does not answer even a cancel is closed. */
-int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
+PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
+                   const char *const *params, int who, cli_fail *f)
 {
-    int gave_up;
-    PGresult *res = sql_exec(*c, sql, 0, NULL, 0, &gave_up);
-    int ok =
-        PQresultStatus(res) == PGRES_COMMAND_OK || PQresultStatus(res) == PGRES_TUPLES_OK;
-    if (!ok && f && gave_up)
+    int gave_up = 0;
+    PGresult *res = *c ? sql_exec(*c, sql, nparams, params, 0, &gave_up) : NULL;
+    ExecStatusType st = PQresultStatus(res);
+    if (res && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
+        return res;
+    if (f && gave_up)
         fail_set(f, who, NULL,
-                 "no answer to %s, nor to its cancel: the connection was closed", sql);
-    else if (!ok && f && !*c)
+                 "no answer to %.200s, nor to its cancel: the connection was closed",
+                 sql);
+    else if (f && !*c)
         fail_set(f, who, NULL, "the connection was closed earlier");
-    else if (!ok && f)
+    else if (f)
         fail_from_result(f, who, res, *c);
     PQclear(res);
     if (gave_up)
         give_up(r, c);
-    return ok ? 0 : -1;
+    return NULL;
+}
+
+int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
+{
+    PGresult *res = query_ok(r, c, sql, 0, NULL, who, f);
+    PQclear(res);
+    return res ? 0 : -1;
 }
 
 /*

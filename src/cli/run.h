@@ -57,6 +57,9 @@ void note_error(target_report *t, const cli_fail *f);
 /* Runs SQL on *c, bounded and interruptible; a connection that answers
  * neither the statement nor its cancel is closed (*c becomes NULL). */
 int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
+/* The same with $n parameters, returning the result (NULL on failure). */
+PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
+                   const char *const *params, int who, cli_fail *f);
 void give_up(run *r, PGconn **c);
 /* Rolls back every open transaction (closing connections still busy). */
 void rollback_all(run *r);

@@ -20,28 +20,6 @@
 
 /* ---- small helpers ---- */
 
-PGresult *set_query(set_run *s, PGconn **c, int who, const char *sql, int nparams,
-                    const char *const *params, cli_fail *f)
-{
-    int gave_up;
-    if (!*c) {
-        fail_set(f, who, NULL, "no connection");
-        return NULL;
-    }
-    PGresult *res = sql_exec(*c, sql, nparams, params, 0, &gave_up);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return res;
-    if (gave_up)
-        fail_set(f, who, NULL, "no answer, nor to a cancel: the connection was closed");
-    else
-        fail_from_result(f, who, res, *c);
-    PQclear(res);
-    if (gave_up)
-        give_up(s->r, c);
-    return NULL;
-}
-
 static void say(set_run *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(set_run *s, const char *fmt, ...)
 {
@@ -205,8 +183,32 @@ static int select_tables(set_run *s, cli_fail *f)
     return 0;
 }
 
-/* "{oid,oid,...}" of the selected tables. */
-static char *oid_array(const set_run *s)
+char *name_array(const set_run *s)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < s->ntables; i++)
+        len += 2 * strlen(s->tables[i].qualified) + 3;
+    char *a = malloc(len), *w = a;
+    if (!a)
+        return NULL;
+    *w++ = '{';
+    for (size_t i = 0; i < s->ntables; i++) {
+        if (i)
+            *w++ = ',';
+        *w++ = '"';
+        for (const char *c = s->tables[i].qualified; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                *w++ = '\\';
+            *w++ = *c;
+        }
+        *w++ = '"';
+    }
+    *w++ = '}';
+    *w = '\0';
+    return a;
+}
+
+char *oid_array(const set_run *s)
 {
     size_t len = 3 + s->ntables * 12;
     char *a = malloc(len), *w = a;

@@ -49,9 +49,21 @@ typedef struct set_run {
     int schema_failed;
 } set_run;
 
-/* Runs SQL (with $n parameters) on *c; NULL with `f` filled on failure. */
-PGresult *set_query(set_run *s, PGconn **c, int who, const char *sql, int nparams,
-                    const char *const *params, cli_fail *f);
+/* query_ok() (run.h) for party `who` of the set's run. */
+static inline PGresult *set_query(set_run *s, PGconn **c, int who, const char *sql,
+                                  int nparams, const char *const *params, cli_fail *f)
+{
+    return query_ok(s->r, c, sql, nparams, params, who, f);
+}
+
+/* Array literals of the selected tables: "{oid,...}" and
+ * "{\"qualified name\",...}". */
+char *oid_array(const set_run *s);
+char *name_array(const set_run *s);
+
+/* Runs argv[0]-less `argv` from `path` with stdout to /dev/null and stderr
+ * to `errlog`; returns the child's pid, or -1. */
+pid_t spawn_logged(const char *path, const char *const *argv, const char *errlog);
 
 /* set_state.c: pgfan.runs and pgfan.loaded on each target. */
 int find_prior_run(set_run *s, cli_fail *f);
@@ -70,5 +82,7 @@ void verify_set(set_run *s);
 /* set_report.c: the report, the summary; closes everything. */
 int end_set(set_run *s, int code);
 int pair_done(const pair *p);
+/* The COPY bytes a table moved: the most any of its targets took. */
+uint64_t table_bytes(const set_table *t);
 
 #endif

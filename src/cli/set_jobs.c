@@ -97,9 +97,13 @@ static const char *format_arg(format_choice f)
     return names[f];
 }
 
+/* The numbers a command line spells out; they live as long as it. */
+typedef struct argv_numbers {
+    char stall[32], slots[32], chunk[32];
+} argv_numbers;
+
 /* The command line of job j: one table, its targets, the set's options. */
-static void job_argv(set_run *s, const job *j, const char **argv, char *numbers,
-                     size_t numlen)
+static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *num)
 {
     const cli_options *o = &s->r->opt;
     size_t n = 0;
@@ -121,18 +125,15 @@ static void job_argv(set_run *s, const job *j, const char **argv, char *numbers,
         add(argv, &n, "--truncate", NULL);
     if (o->no_sequences)
         add(argv, &n, "--no-sequences", NULL);
-    snprintf(numbers, numlen, "%.3f", o->stall_timeout_ms / 1000.0);
+    snprintf(num->stall, sizeof num->stall, "%.3f", o->stall_timeout_ms / 1000.0);
+    snprintf(num->slots, sizeof num->slots, "%u", o->ring_slots);
+    snprintf(num->chunk, sizeof num->chunk, "%zu", o->chunk_size);
     if (o->stall_timeout_ms)
-        add(argv, &n, "--stall-timeout", numbers);
-    char *slots = numbers + 32, *chunk = numbers + 64;
-    if (o->ring_slots) {
-        snprintf(slots, 32, "%u", o->ring_slots);
-        add(argv, &n, "--ring-slots", slots);
-    }
-    if (o->chunk_size) {
-        snprintf(chunk, 32, "%zu", o->chunk_size);
-        add(argv, &n, "--chunk-size", chunk);
-    }
+        add(argv, &n, "--stall-timeout", num->stall);
+    if (o->ring_slots)
+        add(argv, &n, "--ring-slots", num->slots);
+    if (o->chunk_size)
+        add(argv, &n, "--chunk-size", num->chunk);
 }
 
 static int launch(set_run *s, job *j, unsigned int serial)
@@ -140,24 +141,11 @@ static int launch(set_run *s, job *j, unsigned int serial)
     snprintf(j->status, sizeof j->status, "%s/%u.status", work_dir, serial);
     snprintf(j->errlog, sizeof j->errlog, "%s/%u.err", work_dir, serial);
     const char *argv[MAX_ARGS + 1];
-    char numbers[128];
-    job_argv(s, j, argv, numbers, sizeof numbers);
-    fflush(NULL);
-    pid_t pid = fork();
+    argv_numbers numbers;
+    job_argv(s, j, argv, &numbers);
+    pid_t pid = spawn_logged("/proc/self/exe", argv, j->errlog);
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        int fd = open(j->errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execv("/proc/self/exe", (char *const *)argv);
-        _exit(127);
-    }
     j->pid = pid;
     for (size_t k = 0; k < j->ntargets; k++)
         s->tables[j->table].pairs[j->targets[k]].attempts++;
@@ -350,16 +338,6 @@ static void stop_all(job *running, unsigned int k)
             kill(running[i].pid, SIGTERM);
 }
 
-/* The COPY bytes a finished table moved (the most any target took). */
-static double moved_of(const set_table *t)
-{
-    double most = 0;
-    for (size_t i = 0; i < MAX_TARGETS; i++)
-        if ((double)t->pairs[i].bytes > most)
-            most = (double)t->pairs[i].bytes;
-    return most;
-}
-
 /* Rows and bytes a running table's command has read so far. */
 static void job_progress(const job *j, double *rows, double *bytes)
 {
@@ -393,7 +371,7 @@ static void draw_progress(set_run *s, const job *running, unsigned int k, size_t
         if (all) {
             done++;
             bytes_done += s->tables[t].size;
-            moved += moved_of(&s->tables[t]);
+            moved += (double)table_bytes(&s->tables[t]);
         }
     }
     for (unsigned int i = 0; i < k; i++) {

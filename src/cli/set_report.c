@@ -13,6 +13,15 @@ int pair_done(const pair *p)
     return strcmp(p->state, "committed") == 0 || strcmp(p->state, "skipped") == 0;
 }
 
+uint64_t table_bytes(const set_table *t)
+{
+    uint64_t most = 0;
+    for (size_t i = 0; i < MAX_TARGETS; i++)
+        if (t->pairs[i].bytes > most)
+            most = t->pairs[i].bytes;
+    return most;
+}
+
 static const char *state_name(const pair *p)
 {
     return p->state[0] ? p->state : "not_loaded";
@@ -94,7 +103,7 @@ static int set_exit_code(const set_run *s)
 
 static void print_set_summary(const set_run *s, double seconds)
 {
-    uint64_t bytes = 0, rows = 0;
+    uint64_t bytes = 0;
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
         size_t done = 0, failed = 0, skipped = 0;
         for (size_t t = 0; t < s->ntables; t++) {
@@ -108,23 +117,14 @@ static void print_set_summary(const set_run *s, double seconds)
                 "%zu not loaded  %s\n",
                 i + 1, done, skipped, failed, s->r->report.targets[i].masked);
     }
-    for (size_t t = 0; t < s->ntables; t++) {
-        uint64_t most = 0;
-        for (size_t i = 0; i < s->r->opt.ntargets; i++) {
-            const pair *p = &s->tables[t].pairs[i];
-            if (p->bytes > most)
-                most = p->bytes;
-            if (strcmp(p->state, "committed") == 0 && i == 0)
-                rows += p->rows;
-        }
-        bytes += most;
-    }
+    for (size_t t = 0; t < s->ntables; t++)
+        bytes += table_bytes(&s->tables[t]);
+
     fprintf(
         stderr,
         "total: %zu tables, %.1f MB read once from snapshot %s%s in %.2f s, %.1f MB/s\n",
         s->ntables, (double)bytes / 1e6, s->snapshot,
         s->consistent ? "" : " (not consistent)", seconds, mb_per_s(bytes, seconds));
-    (void)rows;
 }
 
 int end_set(set_run *s, int code)

@@ -98,15 +98,7 @@ static char *exact_pattern(const char *schema, const char *name)
 static int add_selection_args(set_run *s, argv_list *a)
 {
     cli_fail f;
-    char *oids = NULL;
-    for (size_t t = 0; t < s->ntables; t++) {
-        char *next =
-            format_sql("%s%s%s", oids ? oids : "{", oids ? "," : "", s->tables[t].oid);
-        free(oids);
-        oids = next;
-    }
-    char *arr = oids ? format_sql("%s}", oids) : NULL;
-    free(oids);
+    char *arr = oid_array(s);
     const char *params[1] = {arr};
     PGresult *res =
         arr ? set_query(
@@ -175,8 +167,7 @@ static int dump_args(set_run *s, argv_list *a, const char *section, const char *
     return 0;
 }
 
-/* Runs argv with stderr to `errlog`; returns the pid, or -1. */
-static pid_t spawn(const char *path, const char *const *argv, const char *errlog)
+pid_t spawn_logged(const char *path, const char *const *argv, const char *errlog)
 {
     fflush(NULL);
     pid_t pid = fork();
@@ -257,7 +248,7 @@ static int apply_everywhere(set_run *s, const char *psql, const char *file,
                               s->r->opt.targets[i],
                               NULL};
         snprintf(logs[i], sizeof logs[i], "%s/psql-%zu.log", dir, i);
-        pids[i] = spawn(psql, argv, logs[i]);
+        pids[i] = spawn_logged(psql, argv, logs[i]);
     }
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
         char who[64];
@@ -291,7 +282,7 @@ int apply_schema(set_run *s, const char *section)
     argv_list a = {.n = 0};
     int rc = dump_args(s, &a, section, file);
     if (rc == 0) {
-        pid_t pid = spawn(pg_dump, a.v, log);
+        pid_t pid = spawn_logged(pg_dump, a.v, log);
         rc = pid > 0 && wait_ok(pid) ? 0 : -1;
         if (rc != 0)
             fprintf(stderr, "pgfan: pg_dump could not dump the %s schema:\n", section);

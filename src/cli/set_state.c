@@ -85,22 +85,7 @@ static int read_loaded(set_run *s, size_t i, cli_fail *f)
  * any data moves. */
 static int check_tables_exist(set_run *s, size_t i, cli_fail *f)
 {
-    char *list = strdup("{");
-    for (size_t t = 0; list && t < s->ntables; t++) {
-        char *next = format_sql("%s%s\"", list, t ? "," : "");
-        free(list);
-        list = next;
-        for (const char *c = s->tables[t].qualified; list && *c; c++) {
-            next = format_sql("%s%s%c", list, *c == '"' || *c == '\\' ? "\\" : "", *c);
-            free(list);
-            list = next;
-        }
-        next = list ? format_sql("%s\"", list) : NULL;
-        free(list);
-        list = next;
-    }
-    char *all = list ? format_sql("%s}", list) : NULL;
-    free(list);
+    char *all = name_array(s);
     const char *params[1] = {all};
     PGresult *res = all ? set_query(s, &s->r->targets[i], (int)i,
                                     "SELECT t FROM unnest($1::text[]) t WHERE "

@@ -226,7 +226,6 @@ static int carry_sequences(run *r, size_t i, cli_fail *f)
     for (size_t k = 0; k < r->plan.nsequences; k++) {
         const sequence_pair *s = &r->plan.sequences[k];
         char value[32], called;
-        int gave_up;
         if (!s->target[i])
             continue;
         if (source_sequence(r, s->source, value, sizeof value, &called) != 0) {
@@ -234,19 +233,32 @@ static int carry_sequences(run *r, size_t i, cli_fail *f)
             return -1;
         }
         const char *params[3] = {s->target[i], value, called == 't' ? "true" : "false"};
-        PGresult *res = sql_exec(r->targets[i],
+        PGresult *res = query_ok(r, &r->targets[i],
                                  "SELECT setval($1::regclass, $2::bigint, $3::boolean)",
-                                 3, params, 0, &gave_up);
-        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-        if (!ok)
-            fail_from_result(f, (int)i, res, r->targets[i]);
+                                 3, params, (int)i, f);
         PQclear(res);
-        if (gave_up)
-            give_up(r, &r->targets[i]);
-        if (!ok)
+        if (!res)
             return -1;
     }
     return 0;
+}
+
+/* For a table set: the pair (table, target) is noted as loaded in the
+ * same transaction as its rows, so a resumed run can trust the note after
+ * any crash (set.h). */
+static int note_loaded(run *r, size_t i, cli_fail *f)
+{
+    if (!r->opt.set_id)
+        return 0;
+    char rows[24];
+    snprintf(rows, sizeof rows, "%llu", (unsigned long long)r->report.targets[i].rows);
+    const char *params[3] = {r->opt.set_id, r->report.targets[i].table, rows};
+    PGresult *res = query_ok(r, &r->targets[i],
+                             "INSERT INTO pgfan.loaded (set_id, table_name, rows) "
+                             "VALUES ($1, $2, $3::bigint)",
+                             3, params, (int)i, f);
+    PQclear(res);
+    return res ? 0 : -1;
 }
 
 /*
@@ -257,30 +269,6 @@ static int carry_sequences(run *r, size_t i, cli_fail *f)
  * target that fails here does not commit; under --on-fault abort, nobody
  * does.
  */
-/* For a table set: the pair (table, target) is noted as loaded in the
- * same transaction as its rows, so a resumed run can trust the note after
- * any crash (set.h). */
-static int note_loaded(run *r, size_t i, cli_fail *f)
-{
-    if (!r->opt.set_id)
-        return 0;
-    char rows[24];
-    int gave_up;
-    snprintf(rows, sizeof rows, "%llu", (unsigned long long)r->report.targets[i].rows);
-    const char *params[3] = {r->opt.set_id, r->report.targets[i].table, rows};
-    PGresult *res = sql_exec(r->targets[i],
-                             "INSERT INTO pgfan.loaded (set_id, table_name, rows) "
-                             "VALUES ($1, $2, $3::bigint)",
-                             3, params, 0, &gave_up);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        fail_from_result(f, (int)i, res, r->targets[i]);
-    PQclear(res);
-    if (gave_up)
-        give_up(r, &r->targets[i]);
-    return ok ? 0 : -1;
-}
-
 static void before_commit(run *r, int *candidate)
 {
     cli_fail f;
