@@ -235,9 +235,10 @@ static int run_round(soak_case *r, pgfan_manager *m, PGconn *admin)
         if (r->stopped_pid && now.tv_sec - stopped_at.tv_sec >= 2)
             resume_stopped(r);
     }
-    int rc = pgfan_manager_finish(m);
+    /* finish() waits for every target's answer to CopyDone, which a
+     * stopped backend never gives: let it go first, whenever END came. */
     resume_stopped(r);
-    return rc;
+    return pgfan_manager_finish(m);
 }
 
 static void check_outcome(soak_case *r, pgfan_manager *m, int rc, const char *want_sum,
