@@ -814,7 +814,10 @@ START_TEST(transfer_with_drop_policy_reports_each_target)
     ck_assert_uint_eq(res.committed, 2);
     ck_assert_uint_eq(res.rows, 40000);
     ck_assert_int_eq(per[0].state, PGFAN_RECEIVER_DONE);
-    ck_assert_int_eq(per[1].state, PGFAN_RECEIVER_DROPPED);
+    /* The violation is dropped mid-stream, or fails the COPY at CopyDone when the
+     * source ends first (a slow machine, valgrind): both commit nothing. */
+    ck_assert(per[1].state == PGFAN_RECEIVER_DROPPED ||
+              per[1].state == PGFAN_RECEIVER_FAILED);
     ck_assert_int_eq(per[2].state, PGFAN_RECEIVER_DONE);
     ck_assert_int_eq(per[1].has_fault, 1);
     ck_assert_str_eq(per[1].fault.sqlstate, "23514");
