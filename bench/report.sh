@@ -86,6 +86,9 @@ machine() {
     echo "- memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; $(psql --version); $(uname -sr)"
 }
 
+# bench/sets.sh owns everything from its marker on: keep it.
+sets_section=$(awk '$0 == "<!-- whole-database: written by bench/sets.sh -->" { found = 1 } found' RESULTS.md 2>/dev/null || true)
+
 {
     echo "# pgfan benchmarks"
     echo
@@ -186,6 +189,7 @@ machine() {
     echo "\`\`\`"
     echo
     echo "![throughput vs targets](throughput.png)"
+    [ -z "$sets_section" ] || printf '\n%s\n' "$sets_section"
 } >RESULTS.md
 
 plot=$(mktemp)

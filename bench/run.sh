@@ -21,25 +21,9 @@ big_rows=${BENCH_BIG_ROWS:-8000000}
 out=bench
 raw=$top/bench/raw.txt # every measurement, kept next to the report
 : >"$raw"
-dirs=()
-
-cleanup() {
-    for d in "${dirs[@]}"; do sh tests/pg-harness.sh stop "$d"; done
-}
-trap cleanup EXIT
+. bench/lib.sh
+trap stop_servers EXIT
 trap 'exit 130' INT TERM
-
-say() { printf '==> %s\n' "$*" >&2; }
-
-# Starts a server and stores its conninfo in the variable named $1.  The
-# directory is recorded here, not in a $(...) subshell, so the exit trap
-# sees it and stops the server.
-start_server() {
-    local d
-    d=$(mktemp -d "${TMPDIR:-/tmp}/pgfan-bench.XXXXXX")
-    dirs+=("$d")
-    printf -v "$1" '%s' "$(sh tests/pg-harness.sh start "$d")"
-}
 
 say "starting 5 throwaway servers"
 start_server src
@@ -122,42 +106,17 @@ verify() {
     done
 }
 
-# Busy and total CPU ticks of the whole machine (all processes, all cores).
-cpu_ticks() {
-    awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
-}
-
-# CPU ticks used so far by the five servers: each postmaster, its exited
-# children (backends of finished runs) and its live children.
-server_ticks() {
-    local d pm pids
-    pids=""
-    for d in "${dirs[@]}"; do
-        pm=$(head -1 "$d/data/postmaster.pid")
-        pids+=" $pm $(pgrep -P "$pm" | tr '\n' ' ')"
-    done
-    # shellcheck disable=SC2086
-    for pm in $pids; do cat "/proc/$pm/stat" 2>/dev/null || true; done |
-        awk '{ sub(/^.*\) /, ""); t += $12 + $13 + $14 + $15 } END { print t }'
-}
-
 # Measures one run: wall, user, sys, maxrss(KB) of the whole client process
 # tree, how busy the machine's cores were meanwhile (servers included), and
 # the servers' CPU seconds.
 measure() {
-    local strategy=$1 n=$2 i
+    local strategy=$1 n=$2 i m
     for ((i = 0; i < 4; i++)); do psql "${tgt[$i]}" -qX -c "TRUNCATE bench; CHECKPOINT"; done
-    local m b0 t0 b1 t1 s0 s1 busy server
-    read -r b0 t0 < <(cpu_ticks)
-    s0=$(server_ticks)
-    m=$( { /usr/bin/time -f '%e %U %S %M' bash -c "$(script_for "$strategy" "$n")" 2>&1 >/dev/null; } | tail -1)
-    s1=$(server_ticks)
-    read -r b1 t1 < <(cpu_ticks)
-    busy=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
-    server=$(awk -v d=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", d / hz }')
+    m=$(timed_run "$(script_for "$strategy" "$n")")
     verify "$n"
-    echo "$strategy $n $m $(reads_for "$strategy" "$n") $busy $server" >>"$raw"
-    say "$strategy n=$n: $m, cores ${busy}% busy, servers ${server} s CPU"
+    read -r w u sy rss busy server <<<"$m"
+    echo "$strategy $n $w $u $sy $rss $(reads_for "$strategy" "$n") $busy $server" >>"$raw"
+    say "$strategy n=$n: $w $u $sy $rss, cores ${busy}% busy, servers ${server} s CPU"
 }
 
 # Each round starts the order one strategy later, so that no strategy always
@@ -178,7 +137,7 @@ psql "$src" -qX -c "TRUNCATE bench"
 fill "$src" "$big_rows"
 psql "$src" -qX -c "VACUUM (FREEZE, ANALYZE) bench"
 for t in "${tgt[@]}"; do psql "$t" -qX -c "TRUNCATE bench"; done
-big=$( { /usr/bin/time -f '%e %U %S %M' bash -c "$(script_for pgfan-auto 3)" 2>&1 >/dev/null; } | tail -1)
+big=$(timed_run "$(script_for pgfan-auto 3)" | cut -d' ' -f1-4)
 verify 3
 big_bytes=$(psql "$src" -qX -c "COPY bench TO STDOUT" | wc -c)
 
