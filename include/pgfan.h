@@ -187,6 +187,19 @@ typedef struct pgfan_options {
                                                locked by another session) before it
                                                cancels it and fails with PGFAN_ESTALL;
                                                0 = no limit (default) */
+    uint64_t spill_limit;                   /* bytes of disk a spill journal may use:
+                                               a receiver that would hold the
+                                               producer back reads on from the
+                                               journal while the others go on;
+                                               once the journal is full, a receiver
+                                               left behind faults with
+                                               PGFAN_ESTALL.  0 = no journal
+                                               (default): slow receivers set the
+                                               pace, as stall_timeout_ms allows */
+    const char *spill_dir;                  /* where the journal is created
+                                               (unlinked at once); read by
+                                               pgfan_manager_start(); NULL =
+                                               $TMPDIR or /tmp (default) */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */
@@ -363,10 +376,13 @@ PGFAN_EXTERN size_t pgfan_manager_receiver_count(const pgfan_manager *manager);
 typedef struct pgfan_progress {
     uint64_t producer_bytes;
     uint64_t producer_rows;
-    int producer_done; /* the producer reached its end */
-    size_t receivers;  /* number of receivers */
-    size_t active;     /* receivers still in the gating set */
-    double seconds;    /* since start */
+    int producer_done;         /* the producer reached its end */
+    size_t receivers;          /* number of receivers */
+    size_t active;             /* receivers still in the gating set */
+    double seconds;            /* since start */
+    size_t spilled;            /* receivers reading the spill journal (or asked to) */
+    uint64_t spill_bytes;      /* the journal's size now */
+    uint64_t spill_peak_bytes; /* the largest it has been */
 } pgfan_progress;
 
 PGFAN_EXTERN int pgfan_manager_progress(const pgfan_manager *manager,

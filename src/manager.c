@@ -344,7 +344,7 @@ static void detect_stalls(pgfan_manager *m)
         uint64_t cursor = fan_ring_cursor(ring, i);
         uint64_t head = fan_ring_head(ring);
         uint64_t moved = fan_receiver_count(r, FAN_COUNT_MOVED);
-        int waiting = fan_ring_is_gating(ring, i) &&
+        int waiting = (fan_ring_is_gating(ring, i) || fan_ring_is_spilled(ring, i)) &&
                       fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
                       fan_receiver_command_of(r) == FAN_CMD_NONE && head != cursor;
         if (!waiting || (w->stalling && moved != w->stalled_at)) {
@@ -725,6 +725,15 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
         out->active += m->shared.ring_ready && fan_ring_is_gating(ring, i) &&
                        !fan_state_is_final(fan_receiver_state(m->receivers[i]));
     out->seconds = elapsed(m, &m->finished_at);
+    if (m->shared.journal_ready) {
+        for (size_t i = 0; i < m->nreceivers; i++)
+            out->spilled += fan_ring_is_spilled(ring, i);
+        /* Relaxed: figures for the report. */
+        out->spill_bytes =
+            atomic_load_explicit(&m->shared.journal.bytes, memory_order_relaxed);
+        out->spill_peak_bytes =
+            atomic_load_explicit(&m->shared.journal.peak_bytes, memory_order_relaxed);
+    }
     return PGFAN_OK;
 }
 

@@ -110,13 +110,22 @@ void fan_pack_flush(fan_packer *k)
     fan_ring_flush(k->ring);
 }
 
-/* Claims the next slot, waiting for the slowest gating reader.  NULL if
- * stopped. */
+/* How often a writer held back checks whether a reader should spill: the
+ * others lose at most this long to a slow reader, and a reader only a
+ * moment behind is not sent to disk. */
+#define SPILL_CHECK_MS 5
+
+/* Claims the next slot, waiting for the slowest gating reader, or asking
+ * it to spill when the others keep up.  NULL if stopped. */
 static fan_slot *claim(fan_packer *k)
 {
-    while (!fan_ring_wait_space(k->ring, -1))
+    int spill = k->ring->journal != NULL;
+    while (!fan_ring_wait_space(k->ring, spill ? SPILL_CHECK_MS : -1)) {
         if (fan_pack_stopping(k))
             return NULL;
+        if (spill)
+            fan_ring_spill(k->ring);
+    }
     k->slot = fan_ring_claim(k->ring);
     k->cut = 0;
     return k->slot;

@@ -7,6 +7,7 @@
  */
 #include "receiver.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,7 @@ void pgfan_receiver_free(pgfan_receiver *r)
     if (!r)
         return;
     r->ops->destroy(r);
+    free(r->jslot.data);
     free(r);
 }
 
@@ -130,7 +132,7 @@ int fan_receiver_interrupted(pgfan_receiver *r)
 {
     enum fan_command cmd = fan_receiver_command_of(r);
     return cmd == FAN_CMD_ABORT || cmd == FAN_CMD_DROP || cmd == FAN_CMD_PAUSE ||
-           cmd == FAN_CMD_STALL;
+           cmd == FAN_CMD_STALL || fan_ring_spill_asked(&r->shared->ring, r->index);
 }
 
 /* ---- start (caller's thread) ---- */
@@ -256,6 +258,102 @@ static void step_out(pgfan_receiver *r, enum fan_command why)
     }
 }
 
+/* ---- the spill journal ---- */
+
+static void journal_fault(pgfan_receiver *r, const char *what)
+{
+    pgfan_fault f;
+    fan_fault_set(&f, (int)r->index, r->label, PGFAN_ESYSTEM,
+                  "cannot read the spill journal (%s): %s", what, strerror(errno));
+    fan_receiver_raise(r, &f);
+}
+
+/* The writer asked us to read on from the journal: leave the ring at a
+ * point where we hold no slot (a partly sent one goes on from the journal,
+ * where it is whole) and find our cursor's record. */
+static void spill_out(pgfan_receiver *r)
+{
+    fan_ring *ring = fan_receiver_ring(r);
+    uint64_t seq, offset;
+    fan_ring_spill_take(ring, r->index, &seq, &offset);
+    uint64_t cursor = fan_ring_cursor(ring, r->index);
+    for (; seq != cursor; seq++)
+        if (fan_journal_read(ring->journal, &offset, seq, NULL, 1) != 0) {
+            journal_fault(r, "seeking");
+            return;
+        }
+    r->journaling = 1;
+    r->jseq = cursor;
+    r->joffset = offset;
+    r->jloaded = 0;
+}
+
+/* Back to the ring, if our next slot is still there. */
+static int rejoin(pgfan_receiver *r)
+{
+    fan_ring *ring = fan_receiver_ring(r);
+    fan_ring_set_cursor(ring, r->index, r->jseq);
+    if (fan_ring_join(ring, r->index) != 0)
+        return 0;
+    r->journaling = 0;
+    r->jloaded = 0;
+    fan_ring_spill_done(ring, r->index);
+    return 1;
+}
+
+static void end_or_wait(pgfan_receiver *r, int ring_state, uint64_t cursor)
+{
+    if (ring_state == FAN_RING_ENDED) {
+        /* seq_cst, loaded by the manager before it reports the end: every
+         * slot up to the final head is handed over. */
+        if (!atomic_exchange_explicit(&r->drained, 1, memory_order_seq_cst))
+            fan_shared_poke(r->shared);
+        r->ops->idle(r);
+    } else if (ring_state == FAN_RING_FAILED) {
+        r->ops->idle(r);
+    } else {
+        r->ops->wait_data(r, cursor);
+    }
+}
+
+/* One step of a receiver reading the journal: a record, a re-join, or a
+ * wait.  It re-joins once it is within half the ring of head. */
+static void journal_step(pgfan_receiver *r)
+{
+    fan_ring *ring = fan_receiver_ring(r);
+    int ring_state = fan_ring_state(ring);
+    uint64_t head = fan_ring_head(ring);
+    if (r->slot_sent == 0 && head - r->jseq + ring->publish_batch <= ring->nslots / 2 &&
+        rejoin(r))
+        return;
+    /* J1, after head: a journal that is not full holds every slot below it. */
+    if (r->jseq != fan_journal_end(ring->journal)) {
+        if (r->jloaded != r->jseq + 1) {
+            if (fan_journal_read(ring->journal, &r->joffset, r->jseq, &r->jslot, 0) !=
+                0) {
+                journal_fault(r, "reading");
+                return;
+            }
+            r->jloaded = r->jseq + 1;
+        }
+        if (r->ops->deliver(r, &r->jslot) != 0)
+            return;
+        add_progress(r, &r->jslot);
+        fan_ring_set_cursor(ring, r->index, ++r->jseq);
+        r->ops->after_slot(r);
+    } else if (r->jseq != head) {
+        /* Only a full journal ends below head (J1); the writer keeps our
+         * next slot for us (scan_min). */
+        fan_ring_set_cursor(ring, r->index, r->jseq);
+        fan_ring_rejoin_held(ring, r->index);
+        r->journaling = 0;
+        r->jloaded = 0;
+        fan_ring_spill_done(ring, r->index);
+    } else {
+        end_or_wait(r, ring_state, r->jseq);
+    }
+}
+
 /*
  * Back to work after a pause or fault.  The manager re-joins a receiver
  * that had stepped out, but a RESUME can overtake a PAUSE we were still
@@ -271,7 +369,10 @@ static void resume(pgfan_receiver *r)
                                                  memory_order_seq_cst))
         return;
     fan_ring *ring = fan_receiver_ring(r);
-    if (!fan_ring_is_gating(ring, r->index) && fan_ring_join(ring, r->index) != 0) {
+    if (fan_ring_spill_asked(ring, r->index))
+        spill_out(r); /* asked before we stepped out: the journal has our data */
+    if (!r->journaling && !fan_ring_is_gating(ring, r->index) &&
+        fan_ring_join(ring, r->index) != 0) {
         pgfan_fault f;
         fan_fault_set(&f, (int)r->index, r->label, PGFAN_EGONE,
                       "paused until its data left the ring");
@@ -296,6 +397,9 @@ static enum fan_command obey(pgfan_receiver *r, int *acted)
         step_out(r, cmd);
     else if (cmd == FAN_CMD_RESUME)
         resume(r);
+    else if (fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE && !r->journaling &&
+             fan_ring_spill_asked(fan_receiver_ring(r), r->index))
+        spill_out(r);
     else
         *acted = 0;
     return FAN_CMD_NONE;
@@ -304,6 +408,10 @@ static enum fan_command obey(pgfan_receiver *r, int *acted)
 /* One step of an active receiver: a slot, or a wait. */
 static void drain_step(pgfan_receiver *r)
 {
+    if (r->journaling) {
+        journal_step(r);
+        return;
+    }
     fan_ring *ring = fan_receiver_ring(r);
     uint64_t cursor = fan_ring_cursor(ring, r->index);
     /* State before head: a head read after seeing ENDED is final. */
@@ -315,16 +423,8 @@ static void drain_step(pgfan_receiver *r)
         add_progress(r, s);
         fan_ring_release(ring, r->index, cursor + 1);
         r->ops->after_slot(r);
-    } else if (ring_state == FAN_RING_ENDED) {
-        /* seq_cst, loaded by the manager before it reports the end: every
-         * slot up to the final head is handed over. */
-        if (!atomic_exchange_explicit(&r->drained, 1, memory_order_seq_cst))
-            fan_shared_poke(r->shared);
-        r->ops->idle(r);
-    } else if (ring_state == FAN_RING_FAILED) {
-        r->ops->idle(r);
     } else {
-        r->ops->wait_data(r, cursor);
+        end_or_wait(r, ring_state, cursor);
     }
 }
 
@@ -364,6 +464,7 @@ static void *receiver_main(void *arg)
     }
     if (fan_ring_is_gating(ring, r->index))
         fan_ring_leave(ring, r->index);
+    fan_ring_spill_done(ring, r->index);
     r->ops->leave(r);
     /* seq_cst: the manager sees `exited` only after we stopped using conn. */
     atomic_store_explicit(&r->exited, 1, memory_order_seq_cst);

@@ -89,6 +89,12 @@ struct pgfan_receiver {
     int has_deadline;
     struct timespec cancel_at; /* CopyFail unanswered by then: cancel too */
     int cancel_pending;
+    /* reading the spill journal (journal.h), this thread only */
+    int journaling;
+    uint64_t jseq;    /* the next sequence to hand over */
+    uint64_t joffset; /* its record's offset */
+    uint64_t jloaded; /* jslot holds sequence jloaded - 1; 0: nothing */
+    fan_slot jslot;
     /* call kind */
     pgfan_call_fn call;
     void *call_arg;

@@ -63,6 +63,7 @@ int fan_ring_init(fan_ring *r, uint64_t nslots, size_t chunk_bytes, size_t nread
         rd->waiter.fd = -1;
         atomic_init(&rd->cursor, first_seq);
         atomic_init(&rd->gating, 1);
+        atomic_init(&rd->spill, FAN_SPILL_NONE);
         r->nreaders = i + 1;
         if (fan_waiter_init(&rd->waiter) != 0)
             goto fail;
@@ -96,10 +97,17 @@ void fan_ring_destroy(fan_ring *r)
     r->writer.fd = -1;
 }
 
-/* The smallest cursor of the gating set, as a distance below `seq`. */
+/* The smallest cursor of the gating set, as a distance below `seq`.  A
+ * full journal gates like a reader at its end while readers still read it:
+ * they re-join the ring there, so that slot must stay. */
 static uint64_t scan_min(fan_ring *r, uint64_t seq)
 {
     uint64_t min = seq;
+    fan_journal *j = r->journal;
+    /* J3: seq_cst, before the gating loads below: a reader that re-joined
+     * and then left the journal is seen in the gating set. */
+    if (j && j->full && atomic_load_explicit(&j->spilled, memory_order_seq_cst) > 0)
+        min = atomic_load_explicit(&j->end, memory_order_relaxed); /* our own store */
     for (size_t i = 0; i < r->nreaders; i++) {
         fan_reader *rd = &r->readers[i];
         /* E4: seq_cst load of membership, ordered after our epoch load. */
@@ -117,6 +125,8 @@ static uint64_t scan_min(fan_ring *r, uint64_t seq)
 static int space_free(fan_ring *r, int force_scan)
 {
     uint64_t s = r->next;
+    if (r->journal && r->journal->full)
+        force_scan = 1; /* the journal's readers do not bump the epoch */
     /* E4: seq_cst pairs with fan_ring_join()'s fetch_add. */
     uint64_t e = atomic_load_explicit(&r->epoch, memory_order_seq_cst);
     if (!force_scan && e == r->seen_epoch && s - r->cached_min < r->nslots)
@@ -167,6 +177,10 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms)
 fan_slot *fan_ring_claim(fan_ring *r)
 {
     fan_slot *s = &r->slots[r->next & r->mask];
+    /* J3: seq_cst pairs with the last reader's decrement. */
+    if (r->journal && r->journal->active &&
+        atomic_load_explicit(&r->journal->spilled, memory_order_seq_cst) == 0)
+        fan_journal_reset(r->journal);
     /* A slot grown for a huge row goes back to its normal size when reused,
      * so memory stays bounded by nslots x chunk_bytes between such rows. */
     if (s->cap > r->chunk_bytes) {
@@ -206,6 +220,11 @@ int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need)
 
 void fan_ring_publish(fan_ring *r)
 {
+    /* J1: the record is written before head covers the slot, so a spilled
+     * reader that sees head past its sequence finds it in the journal,
+     * unless the journal is full. */
+    if (r->journal && r->journal->active)
+        fan_journal_append(r->journal, &r->slots[r->next & r->mask]);
     r->next++;
     if (r->next - r->published >= r->publish_batch)
         publish_head(r);
@@ -301,6 +320,93 @@ int fan_ring_join(fan_ring *r, size_t reader)
         return -1;
     }
     return 0;
+}
+
+/* Starts the journal at `from` with the filled slots from there to next;
+ * they are intact, as a gating reader at `from` holds them. */
+static int journal_from(fan_ring *r, uint64_t from)
+{
+    fan_journal *j = r->journal;
+    fan_journal_start(j, from);
+    for (uint64_t seq = from; seq != r->next; seq++)
+        if (fan_journal_append(j, &r->slots[seq & r->mask]) != 0)
+            return -1;
+    return 0;
+}
+
+/* Whether some gating reader keeps up (within half the ring of next):
+ * only then is a reader that holds us back slower than the others.  When
+ * every reader is behind, the source is simply faster than all targets,
+ * and spilling would only move the whole stream to disk. */
+static int someone_keeps_up(fan_ring *r)
+{
+    for (size_t i = 0; i < r->nreaders; i++) {
+        fan_reader *rd = &r->readers[i];
+        /* Seq_cst as in scan_min(); a stale answer only delays a spill. */
+        if (atomic_load_explicit(&rd->gating, memory_order_seq_cst) &&
+            r->next - atomic_load_explicit(&rd->cursor, memory_order_seq_cst) <=
+                r->nslots / 2)
+            return 1;
+    }
+    return 0;
+}
+
+int fan_ring_spill(fan_ring *r)
+{
+    fan_journal *j = r->journal;
+    int asked = 0;
+    if (!j || j->full || j->gave_up || !someone_keeps_up(r))
+        return 0;
+    for (size_t i = 0; i < r->nreaders; i++) {
+        fan_reader *rd = &r->readers[i];
+        /* E2/E4: seq_cst, as in scan_min(). */
+        if (!atomic_load_explicit(&rd->gating, memory_order_seq_cst) ||
+            atomic_load_explicit(&rd->spill, memory_order_seq_cst) != FAN_SPILL_NONE)
+            continue;
+        uint64_t c = atomic_load_explicit(&rd->cursor, memory_order_seq_cst);
+        if (r->next - c < r->nslots)
+            continue; /* not the one we wait for */
+        if (!j->active && journal_from(r, c) != 0) {
+            j->gave_up = 1; /* the budget does not hold one ring: never spill */
+            break;
+        }
+        if (j->full || c < j->first)
+            continue;
+        rd->spill_seq = c;
+        rd->spill_offset = fan_journal_offset(j, c);
+        /* J3: counted before the reader can see the request. */
+        atomic_fetch_add_explicit(&j->spilled, 1, memory_order_seq_cst);
+        /* J2: seq_cst store after the records and the request's fields. */
+        atomic_store_explicit(&rd->spill, FAN_SPILL_ASKED, memory_order_seq_cst);
+        fan_waiter_kick(&rd->waiter);
+        asked++;
+    }
+    return asked;
+}
+
+void fan_ring_spill_take(fan_ring *r, size_t reader, uint64_t *seq, uint64_t *offset)
+{
+    fan_reader *rd = &r->readers[reader];
+    /* J2: the caller loaded FAN_SPILL_ASKED seq_cst before these. */
+    *seq = rd->spill_seq;
+    *offset = rd->spill_offset;
+    atomic_store_explicit(&rd->spill, FAN_SPILL_READING, memory_order_seq_cst);
+    fan_ring_leave(r, reader);
+}
+
+void fan_ring_spill_done(fan_ring *r, size_t reader)
+{
+    /* J3: after our last read of the journal. */
+    if (atomic_exchange_explicit(&r->readers[reader].spill, FAN_SPILL_NONE,
+                                 memory_order_seq_cst) != FAN_SPILL_NONE)
+        atomic_fetch_sub_explicit(&r->journal->spilled, 1, memory_order_seq_cst);
+}
+
+void fan_ring_rejoin_held(fan_ring *r, size_t reader)
+{
+    /* E4 as in fan_ring_join(); no check of head is needed. */
+    atomic_store_explicit(&r->readers[reader].gating, 1, memory_order_seq_cst);
+    atomic_fetch_add_explicit(&r->epoch, 1, memory_order_seq_cst);
 }
 
 void fan_ring_stop(fan_ring *r)

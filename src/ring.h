@@ -37,6 +37,8 @@
  *
  * Only a reader's own thread changes its gating membership, and only at a
  * point where it holds no slot, so a slot is never reused under a reader.
+ * A reader asked to spill (journal.h, J2) leaves at such a point too; what
+ * it has not read, the writer has put in the journal first.
  */
 #ifndef FAN_RING_H
 #define FAN_RING_H
@@ -47,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "journal.h"
 #include "wake.h"
 
 #define FAN_CACHELINE 64
@@ -64,9 +67,18 @@ enum fan_ring_state {
     FAN_RING_FAILED = 2 /* the writer stopped early: the data is incomplete */
 };
 
+enum fan_spill {
+    FAN_SPILL_NONE = 0,   /* reading the ring */
+    FAN_SPILL_ASKED = 1,  /* the writer put our unread slots in the journal */
+    FAN_SPILL_READING = 2 /* out of the gating set, reading the journal */
+};
+
 typedef struct fan_reader {
     alignas(FAN_CACHELINE) _Atomic uint64_t cursor;
     alignas(FAN_CACHELINE) atomic_int gating;
+    atomic_int spill;      /* enum fan_spill (J2, J3) */
+    uint64_t spill_seq;    /* with FAN_SPILL_ASKED: the journal holds every */
+    uint64_t spill_offset; /* slot from spill_seq on, from this offset */
     fan_waiter waiter;
 } fan_reader;
 
@@ -91,6 +103,7 @@ typedef struct fan_ring {
     fan_slot *slots;
     fan_reader *readers;
     size_t nreaders;
+    fan_journal *journal; /* NULL: no spilling */
 } fan_ring;
 
 /*
@@ -121,6 +134,12 @@ void fan_ring_publish(fan_ring *r);
  * unread slots; the writer calls it before it goes idle (waiting for the
  * source or for space, or calling out). */
 void fan_ring_flush(fan_ring *r);
+/*
+ * Asks every gating reader that holds the writer back to read on from the
+ * journal, after putting the slots it has not read there.  Returns how many
+ * were asked (0: no journal, or it is full).
+ */
+int fan_ring_spill(fan_ring *r);
 /* Ends the stream (FAN_RING_ENDED: head moves to every filled slot first;
  * or FAN_RING_FAILED) and wakes every reader. */
 void fan_ring_close(fan_ring *r, int state);
@@ -167,6 +186,38 @@ static inline uint64_t fan_ring_cursor(fan_ring *r, size_t reader)
 static inline int fan_ring_is_gating(fan_ring *r, size_t reader)
 {
     return atomic_load_explicit(&r->readers[reader].gating, memory_order_relaxed);
+}
+
+/* ---- readers: the journal ---- */
+
+static inline int fan_ring_spill_asked(fan_ring *r, size_t reader)
+{
+    /* J2: seq_cst pairs with the writer's store of the request. */
+    return atomic_load_explicit(&r->readers[reader].spill, memory_order_seq_cst) ==
+           FAN_SPILL_ASKED;
+}
+/* Relaxed: for the stall watch and reports. */
+static inline int fan_ring_is_spilled(fan_ring *r, size_t reader)
+{
+    return atomic_load_explicit(&r->readers[reader].spill, memory_order_relaxed) !=
+           FAN_SPILL_NONE;
+}
+/* Takes an asked-for spill: leaves the gating set and returns where the
+ * journal holds the reader's data (the record `*seq` at `*offset`). */
+void fan_ring_spill_take(fan_ring *r, size_t reader, uint64_t *seq, uint64_t *offset);
+/* Re-joins at the end of a full journal, whose slot the writer keeps while
+ * the reader is counted as spilled (scan_min); fan_ring_spill_done() must
+ * follow. */
+void fan_ring_rejoin_held(fan_ring *r, size_t reader);
+/* The reader reads the journal no more (re-joined, or ended) (J3). */
+void fan_ring_spill_done(fan_ring *r, size_t reader);
+/* Moves the cursor of a reader outside the gating set, for fan_ring_join()
+ * and for lag reports. */
+static inline void fan_ring_set_cursor(fan_ring *r, size_t reader, uint64_t cursor)
+{
+    /* Relaxed: the writer reads no cursor outside the gating set, and
+     * fan_ring_join()'s seq_cst stores order it before the writer's scan. */
+    atomic_store_explicit(&r->readers[reader].cursor, cursor, memory_order_relaxed);
 }
 
 /* ---- anyone ---- */

@@ -45,6 +45,13 @@ int fan_shared_start(fan_shared *s, size_t nreceivers)
         0)
         return errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ESYSTEM;
     s->ring_ready = 1;
+    if (s->opts.spill_limit > 0) {
+        if (fan_journal_open(&s->journal, s->opts.spill_dir, s->opts.spill_limit) != 0)
+            return errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ESYSTEM;
+        s->journal_ready = 1;
+        s->ring.journal = &s->journal;
+    }
+    s->opts.spill_dir = NULL; /* the caller's string, not needed any more */
     return PGFAN_OK;
 }
 
@@ -52,6 +59,8 @@ void fan_shared_destroy(fan_shared *s)
 {
     if (s->ring_ready)
         fan_ring_destroy(&s->ring);
+    if (s->journal_ready)
+        fan_journal_close(&s->journal);
     fan_waiter_destroy(&s->wake);
     pthread_mutex_destroy(&s->lock);
     free(s->faults);

@@ -35,6 +35,8 @@ typedef struct fan_shared {
     pgfan_options opts;
     fan_ring ring;
     int ring_ready;
+    fan_journal journal; /* open when opts.spill_limit > 0 */
+    int journal_ready;
 
     pthread_mutex_t lock; /* the fault log below */
     pgfan_fault *faults;

@@ -83,4 +83,6 @@ void pgfan_options_init(pgfan_options *opts)
     opts->trust_session_settings = 0;
     opts->interrupt = NULL;
     opts->start_timeout_ms = 0;
+    opts->spill_limit = 0;
+    opts->spill_dir = NULL;
 }

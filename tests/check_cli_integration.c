@@ -557,6 +557,79 @@ static int wait_for_backend(PGconn *admin, const char *dbname, const char *event
     return 0;
 }
 
+/* Polls until no backend of the source runs the statement containing
+ * `marker`, or about a minute passes; returns 1 when none runs. */
+static int source_statement_ended(PGconn *admin, const char *marker)
+{
+    for (int tries = 0; tries < 6000; tries++) {
+        char *n =
+            pgt_value(admin,
+                      "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                      "AND query LIKE '%%%s%%' AND pid <> pg_backend_pid()",
+                      marker);
+        int running = atoi(n);
+        free(n);
+        if (!running)
+            return 1;
+        sleep_ms(10); /* a poll for a state, bounded by the loop; not a timing bet */
+    }
+    return 0;
+}
+
+/* A target whose backend is stopped (SIGSTOP) no longer sets the pace: the
+ * source is read to its end and the other targets get everything while it
+ * is stopped, its share waiting in the spill journal; continued, it catches
+ * up from the journal and all three commit the source's exact values. */
+START_TEST(a_stopped_target_reads_on_from_the_spill_journal)
+{
+    char table[64];
+    new_tables(table, 200000);
+    PGconn *admin = db(0), *gate = db(0);
+    pgt_exec(gate, "SELECT pg_advisory_lock(815)");
+    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
+    close(mkstemp(report));
+    snprintf(query, sizeof query,
+             "SELECT t.* FROM (SELECT pg_advisory_lock_shared(815)) spill_gate, %s t",
+             table);
+    char *argv[] = {"pgfan",     "-s",           conninfo[0], "-t",
+                    conninfo[1], "-t",           conninfo[2], "-t",
+                    conninfo[3], "--query",      query,       "--into",
+                    table,       "--ring-slots", "8",         "--chunk-size",
+                    "65536",     "--report",     report,      "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    /* Every COPY has started and waits: the targets for data, the source
+     * for the gate.  Stop target 2 while it waits for data. */
+    int backend = wait_for_backend(admin, "cli_target_2", "Client:ClientRead", pid);
+    ck_assert_int_ne(backend, 0);
+    ck_assert_int_ne(wait_for_backend(admin, "cli_target_3", "Client:ClientRead", pid),
+                     0);
+    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
+    pgt_exec(gate, "SELECT pg_advisory_unlock(815)");
+    int ended = source_statement_ended(admin, "spill_gate");
+    kill(backend, SIGCONT);
+    ck_assert_msg(ended, "the source was held back by the stopped target");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    char *want = source_checksum(table);
+    for (int i = 1; i <= 3; i++)
+        assert_target(i, table, want);
+    free(want);
+    char *json = cli_slurp(report);
+    const char *peak = strstr(json, "\"spill_peak_bytes\": ");
+    ck_assert_ptr_nonnull(peak);
+    ck_assert_msg(strtoull(peak + strlen("\"spill_peak_bytes\": "), NULL, 10) > 1000000,
+                  "%s", json);
+    free(json);
+    unlink(report);
+    cli_free(&r);
+    PQfinish(gate);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
 /* A deferred constraint the data violates fails before the first COMMIT,
  * so under --on-fault abort no target commits (it used to fail only at its
  * own COMMIT, after others had committed). */
@@ -929,6 +1002,10 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, a_signal_interrupts_a_locked_copy_start);
     tcase_add_test(tc, a_locked_copy_start_fails_at_the_stall_timeout);
     suite_add_tcase(s, tc);
+    TCase *spill = tcase_create("spill");
+    tcase_set_timeout(spill, 600);
+    tcase_add_test(spill, a_stopped_target_reads_on_from_the_spill_journal);
+    suite_add_tcase(s, spill);
     return s;
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <pgfan.h>
 
@@ -133,8 +134,9 @@ typedef struct collect {
     char *buf;
     size_t len, cap;
     size_t chunks;
-    int partial_rows; /* a chunk did not end at a row boundary */
-    long fail_at;     /* fail on this chunk number (-1 never) */
+    int partial_rows;  /* a chunk did not end at a row boundary */
+    long fail_at;      /* fail on this chunk number (-1 never) */
+    unsigned sleep_us; /* a slow receiver: sleeps this long per chunk */
 } collect;
 
 static int collect_chunk(void *arg, const char *d, size_t n)
@@ -142,6 +144,8 @@ static int collect_chunk(void *arg, const char *d, size_t n)
     collect *c = arg;
     if (c->fail_at >= 0 && (long)c->chunks == c->fail_at)
         return 3;
+    if (c->sleep_us)
+        usleep(c->sleep_us);
     if (c->len + n > c->cap) {
         c->cap = (c->len + n) * 2;
         c->buf = realloc(c->buf, c->cap);
@@ -170,7 +174,8 @@ static char *make_rows(size_t nrows, size_t *len)
     return p;
 }
 
-static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_policy policy)
+static pgfan_manager *make_spilling_manager(feed *f, collect *c, size_t nrecv,
+                                            pgfan_policy policy, uint64_t spill_limit)
 {
     pgfan_producer *p;
     pgfan_manager *m;
@@ -180,6 +185,7 @@ static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_poli
     o.chunk_bytes = 4096;
     o.policy = policy;
     o.progress_ms = 20;
+    o.spill_limit = spill_limit;
     ck_assert_status(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, feed_next, f),
                      PGFAN_OK);
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_OK);
@@ -191,6 +197,11 @@ static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_poli
         ck_assert_uint_eq(idx, i);
     }
     return m;
+}
+
+static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_policy policy)
+{
+    return make_spilling_manager(f, c, nrecv, policy, 0);
 }
 
 START_TEST(iterator_to_call_receivers_delivers_every_byte_in_whole_rows)
@@ -417,6 +428,68 @@ START_TEST(pause_and_resume_lose_nothing)
 }
 END_TEST
 
+/* A receiver that sleeps on every chunk holds the producer back for longer
+ * than the spill delay each time the 8-slot ring fills: it is sent to the
+ * journal, catches up, re-joins, and is sent again, again and again.  Every
+ * receiver still gets every byte exactly once, in order. */
+START_TEST(a_slow_receiver_spills_and_rejoins_losing_nothing)
+{
+    size_t len;
+    char *data = make_rows(6000, &len);
+    feed f = {.data = data, .len = len, .piece = 3001, .fail_after = -1};
+    collect c[3] = {{.fail_at = -1},
+                    {.fail_at = -1, .sleep_us = _i ? 0 : 5000},
+                    {.fail_at = -1, .sleep_us = 3000}};
+    pgfan_manager *m = make_spilling_manager(&f, c, 3, PGFAN_POLICY_ABORT, 64 << 20);
+    ck_assert_status(pgfan_manager_run(m), PGFAN_OK);
+    pgfan_progress pr;
+    ck_assert_status(pgfan_manager_progress(m, &pr), PGFAN_OK);
+    ck_assert_uint_gt(pr.spill_peak_bytes, 0);
+    ck_assert_uint_eq(pr.spilled, 0);
+    for (size_t i = 0; i < 3; i++) {
+        pgfan_receiver_result rr;
+        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(rr.rows, 6000);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        ck_assert_int_eq(c[i].partial_rows, 0);
+        free(c[i].buf);
+    }
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
+/* A journal too small for the lag fills up; the writer then waits for the
+ * receiver left behind (backpressure again), which re-joins the ring where
+ * the journal ends: nothing lost, the disk budget kept. */
+START_TEST(a_full_journal_turns_back_into_backpressure)
+{
+    size_t len;
+    char *data = make_rows(6000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1, .sleep_us = 3000}};
+    uint64_t limit = 60000; /* a ring's worth and a few slots more */
+    pgfan_manager *m = make_spilling_manager(&f, c, 2, PGFAN_POLICY_ABORT, limit);
+    ck_assert_status(pgfan_manager_run(m), PGFAN_OK);
+    pgfan_progress pr;
+    ck_assert_status(pgfan_manager_progress(m, &pr), PGFAN_OK);
+    ck_assert_uint_gt(pr.spill_peak_bytes, 0);
+    ck_assert_uint_le(pr.spill_peak_bytes, limit);
+    for (size_t i = 0; i < 2; i++) {
+        pgfan_receiver_result rr;
+        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        free(c[i].buf);
+    }
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
 START_TEST(paused_until_its_data_left_is_dropped_at_finish)
 {
     size_t len;
@@ -467,6 +540,8 @@ Suite *api_suite(void)
     tcase_add_test(copies, abort_from_the_caller_thread);
     tcase_add_test(copies, pause_and_resume_lose_nothing);
     tcase_add_test(copies, paused_until_its_data_left_is_dropped_at_finish);
+    tcase_add_loop_test(copies, a_slow_receiver_spills_and_rejoins_losing_nothing, 0, 2);
+    tcase_add_test(copies, a_full_journal_turns_back_into_backpressure);
     suite_add_tcase(s, copies);
     return s;
 }

@@ -94,6 +94,8 @@ static pgfan_manager *build_manager(run *r)
     o.fault_hold_ms = 0; /* nobody reconciles here: settle faults at once */
     o.stall_timeout_ms = r->opt.stall_timeout_ms;
     o.start_timeout_ms = r->opt.stall_timeout_ms; /* a target locked out of its COPY */
+    o.spill_limit = r->opt.spill_limit;
+    o.spill_dir = r->opt.spill_dir;
     o.interrupt = &cli_interrupted;
     o.progress_ms = 250;
     if (r->opt.ring_slots)
@@ -223,6 +225,7 @@ static void collect(run *r, pgfan_manager *m)
     pgfan_progress p;
     pgfan_manager_progress(m, &p);
     r->report.source_rows = p.producer_rows;
+    r->report.spill_peak_bytes = p.spill_peak_bytes;
     r->report.bytes = p.producer_bytes;
     /* When the source failed, the report says why every target rolled back. */
     for (size_t k = 0; k < pgfan_manager_fault_count(m); k++) {

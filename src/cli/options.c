@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 const char cli_usage[] =
     "Usage: pgfan --source CONNINFO --target CONNINFO [--target CONNINFO ...]\n"
@@ -59,6 +60,10 @@ const char cli_usage[] =
     "source's)\n"
     "      --stall-timeout SECONDS a target holding everyone back this long is faulted\n"
     "                              (default: wait)\n"
+    "      --spill-limit SIZE      disk a target that falls behind may use to read on\n"
+    "                              from a journal while the others go on (default 1GB;\n"
+    "                              0: the slowest target sets the pace)\n"
+    "      --spill-dir DIR         where that journal goes (default: $TMPDIR or /tmp)\n"
     "      --ring-slots N          slots in the ring buffer (power of two, default 64)\n"
     "      --chunk-size BYTES      bytes per slot (default 131072)\n"
     "Output:\n"
@@ -86,6 +91,8 @@ enum {
     OPT_ATOMIC,
     OPT_TRUNCATE,
     OPT_STALL,
+    OPT_SPILL_LIMIT,
+    OPT_SPILL_DIR,
     OPT_SLOTS,
     OPT_CHUNK,
     OPT_PROGRESS,
@@ -120,6 +127,8 @@ static const struct option long_options[] = {
     {"atomic", no_argument, NULL, OPT_ATOMIC},
     {"truncate", no_argument, NULL, OPT_TRUNCATE},
     {"stall-timeout", required_argument, NULL, OPT_STALL},
+    {"spill-limit", required_argument, NULL, OPT_SPILL_LIMIT},
+    {"spill-dir", required_argument, NULL, OPT_SPILL_DIR},
     {"ring-slots", required_argument, NULL, OPT_SLOTS},
     {"chunk-size", required_argument, NULL, OPT_CHUNK},
     {"progress", no_argument, NULL, OPT_PROGRESS},
@@ -160,6 +169,35 @@ static int parse_count(const char *s, unsigned long long max, unsigned long long
         return -1;
     *out = v;
     return 0;
+}
+
+/* A size in bytes: a number with an optional unit, as PostgreSQL writes
+ * them (B, kB, MB, GB, TB; units of 1024; case and a space ignored). */
+int parse_size(const char *s, uint64_t *out)
+{
+    static const struct {
+        const char *unit;
+        unsigned shift;
+    } units[] = {{"", 0},    {"b", 0},  {"k", 10},  {"kb", 10}, {"m", 20},
+                 {"mb", 20}, {"g", 30}, {"gb", 30}, {"t", 40},  {"tb", 40}};
+    char *end;
+    if (!s || !*s || *s == '-')
+        return -1;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v >= 0.0))
+        return -1;
+    while (*end == ' ')
+        end++;
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcasecmp(end, units[i].unit) == 0) {
+            double bytes = v * (double)(1ULL << units[i].shift);
+            if (bytes >= 18446744073709551615.0)
+                return -1;
+            *out = (uint64_t)bytes;
+            return 0;
+        }
+    return -1;
 }
 
 static int parse_seconds(const char *s, unsigned int *ms)
@@ -305,6 +343,15 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
         if (parse_seconds(arg, &o->stall_timeout_ms) != 0)
             FAIL("--stall-timeout takes seconds, not \"%s\"", arg);
         return 0;
+    case OPT_SPILL_LIMIT:
+        if (parse_size(arg, &o->spill_limit) != 0)
+            FAIL("--spill-limit takes a size such as 0, 500MB or 2GB, not \"%s\"", arg);
+        return 0;
+    case OPT_SPILL_DIR:
+        if (!*arg)
+            FAIL("an empty --spill-dir");
+        o->spill_dir = arg;
+        return 0;
     case OPT_SLOTS:
         if (parse_count(arg, 1 << 20, &n) != 0 || (n & (n - 1)) != 0 || n < 2)
             FAIL("--ring-slots takes a power of two from 2 to 1048576, not \"%s\"", arg);
@@ -413,6 +460,7 @@ int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errle
     memset(o, 0, sizeof *o);
     o->progress = -1;
     o->on_fault = PGFAN_POLICY_ABORT;
+    o->spill_limit = (uint64_t)1 << 30;
     optind = 0; /* full re-initialisation (GNU): parse_options may run again */
     opterr = 0;
     int c;

@@ -3,6 +3,7 @@
 #define PGFAN_CLI_OPTIONS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <pgfan.h>
 
@@ -35,6 +36,8 @@ typedef struct cli_options {
     int atomic, truncate;
     int no_sequences; /* leave the targets' sequences as they are */
     unsigned int stall_timeout_ms;
+    uint64_t spill_limit;  /* bytes; 0: no spill journal */
+    const char *spill_dir; /* NULL: $TMPDIR or /tmp */
     unsigned int ring_slots;
     size_t chunk_size;
     int progress; /* -1: when stderr is a terminal */
@@ -61,6 +64,8 @@ typedef struct cli_options {
  * Parses argv into `o`.  Returns 0, or -1 with a one-line reason in `err`
  * (a usage error).  --help and --version set their flags and succeed.
  */
+/* A size such as 0, 500MB or 2GB (units of 1024).  Returns 0 or -1. */
+int parse_size(const char *s, uint64_t *out);
 int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errlen);
 
 /* The --help text. */

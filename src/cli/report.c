@@ -90,9 +90,11 @@ int write_json_report(FILE *out, const run_report *r)
     fprintf(out,
             "\n  ],\n  \"totals\": {\"source_rows\": %llu, \"bytes\": %llu, \"seconds\": "
             "%.3f, "
-            "\"mb_per_s\": %.2f, \"format\": \"%s\", \"format_reason\": ",
+            "\"mb_per_s\": %.2f, \"spill_peak_bytes\": %llu, \"format\": \"%s\", "
+            "\"format_reason\": ",
             (unsigned long long)r->source_rows, (unsigned long long)r->bytes, r->seconds,
-            mb_per_s(r->bytes, r->seconds), pgfan_format_name(r->format));
+            mb_per_s(r->bytes, r->seconds), (unsigned long long)r->spill_peak_bytes,
+            pgfan_format_name(r->format));
     if (r->format_reason[0])
         json_string(out, r->format_reason);
     else
@@ -114,6 +116,9 @@ void print_summary(FILE *out, const run_report *r)
     fprintf(out, "total: %llu rows, %.1f MB read once (%s) in %.2f s, %.1f MB/s\n",
             (unsigned long long)r->source_rows, (double)r->bytes / 1e6,
             pgfan_format_name(r->format), r->seconds, mb_per_s(r->bytes, r->seconds));
+    if (r->spill_peak_bytes)
+        fprintf(out, "spill journal: at most %.1f MB, for targets that fell behind\n",
+                (double)r->spill_peak_bytes / 1e6);
 }
 
 /* One field of a status line: tabs and line ends would split it. */

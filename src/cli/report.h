@@ -30,6 +30,7 @@ typedef struct run_report {
     target_report targets[64];
     size_t ntargets;
     uint64_t source_rows, bytes;
+    uint64_t spill_peak_bytes; /* the spill journal's largest size */
     double seconds;
     pgfan_format format;
     char format_reason[640]; /* why --format auto chose text */

@@ -99,7 +99,7 @@ static const char *format_arg(format_choice f)
 
 /* The numbers a command line spells out; they live as long as it. */
 typedef struct argv_numbers {
-    char stall[32], slots[32], chunk[32];
+    char stall[32], slots[32], chunk[32], spill[32];
 } argv_numbers;
 
 /* The command line of job j: one table, its targets, the set's options. */
@@ -130,6 +130,10 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
     snprintf(num->chunk, sizeof num->chunk, "%zu", o->chunk_size);
     if (o->stall_timeout_ms)
         add(argv, &n, "--stall-timeout", num->stall);
+    snprintf(num->spill, sizeof num->spill, "%llu", (unsigned long long)o->spill_limit);
+    add(argv, &n, "--spill-limit", num->spill);
+    if (o->spill_dir)
+        add(argv, &n, "--spill-dir", o->spill_dir);
     if (o->ring_slots)
         add(argv, &n, "--ring-slots", num->slots);
     if (o->chunk_size)
