@@ -61,7 +61,6 @@ void fan_journal_start(fan_journal *j, uint64_t seq)
     j->noffsets = 0;
     /* Relaxed: no reader reads the journal while none is spilled (J3). */
     atomic_store_explicit(&j->end, seq, memory_order_relaxed);
-    atomic_store_explicit(&j->is_full, 0, memory_order_relaxed);
 }
 
 static int write_all(int fd, const void *buf, size_t n, uint64_t at)
@@ -80,26 +79,20 @@ static int write_all(int fd, const void *buf, size_t n, uint64_t at)
     return 0;
 }
 
-static void mark_full(fan_journal *j)
-{
-    j->full = 1;
-    atomic_store_explicit(&j->is_full, 1, memory_order_relaxed);
-}
-
 int fan_journal_append(fan_journal *j, const fan_slot *s)
 {
     if (j->full)
         return -1;
     uint64_t need = sizeof(record_header) + s->len;
     if (j->size + need > j->limit) {
-        mark_full(j);
+        j->full = 1;
         return -1;
     }
     if (j->noffsets == j->cap) {
         size_t cap = j->cap ? j->cap * 2 : 1024;
         uint64_t *p = realloc(j->offsets, cap * sizeof *p);
         if (!p) {
-            mark_full(j);
+            j->full = 1;
             return -1;
         }
         j->offsets = p;
@@ -109,7 +102,7 @@ int fan_journal_append(fan_journal *j, const fan_slot *s)
     record_header h = {.seq = seq, .len = s->len, .rows = s->rows};
     if (write_all(j->fd, &h, sizeof h, j->size) != 0 ||
         write_all(j->fd, s->data, s->len, j->size + sizeof h) != 0) {
-        mark_full(j); /* ENOSPC or an I/O error: as if the budget ran out */
+        j->full = 1; /* ENOSPC or an I/O error: as if the budget ran out */
         return -1;
     }
     j->offsets[j->noffsets++] = j->size;
@@ -134,10 +127,10 @@ void fan_journal_reset(fan_journal *j)
     j->size = 0;
     j->noffsets = 0;
     atomic_store_explicit(&j->bytes, 0, memory_order_relaxed);
-    atomic_store_explicit(&j->is_full, 0, memory_order_relaxed);
-    /* Gives the disk space back; a failure only leaves it allocated. */
-    if (ftruncate(j->fd, 0) != 0)
-        errno = 0;
+    /* Gives the disk space back.  Failing only leaves it allocated: the
+     * next records overwrite the file from offset 0 all the same. */
+    if (ftruncate(j->fd, 0) != 0) {
+    }
 }
 
 static int read_all(int fd, void *buf, size_t n, uint64_t at)

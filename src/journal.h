@@ -50,7 +50,6 @@ typedef struct fan_journal {
     _Atomic uint64_t bytes;      /* relaxed: size, for progress */
     _Atomic uint64_t peak_bytes; /* relaxed: the largest size reached */
     atomic_int spilled;          /* readers asked to read it or reading it (J3) */
-    atomic_int is_full;          /* relaxed copy of `full` for readers */
 } fan_journal;
 
 /* Creates the (unlinked) file in `dir` (NULL: $TMPDIR or /tmp).  Returns 0,

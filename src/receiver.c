@@ -288,12 +288,15 @@ static void spill_out(pgfan_receiver *r)
     r->jloaded = 0;
 }
 
-/* Back to the ring, if our next slot is still there. */
-static int rejoin(pgfan_receiver *r)
+/* Back to the ring at jseq.  `held`: the writer keeps that slot for us (a
+ * full journal, scan_min); else only if it is still there. */
+static int rejoin(pgfan_receiver *r, int held)
 {
     fan_ring *ring = fan_receiver_ring(r);
     fan_ring_set_cursor(ring, r->index, r->jseq);
-    if (fan_ring_join(ring, r->index) != 0)
+    if (held)
+        fan_ring_rejoin_held(ring, r->index);
+    else if (fan_ring_join(ring, r->index) != 0)
         return 0;
     r->journaling = 0;
     r->jloaded = 0;
@@ -324,7 +327,7 @@ static void journal_step(pgfan_receiver *r)
     int ring_state = fan_ring_state(ring);
     uint64_t head = fan_ring_head(ring);
     if (r->slot_sent == 0 && head - r->jseq + ring->publish_batch <= ring->nslots / 2 &&
-        rejoin(r))
+        rejoin(r, 0))
         return;
     /* J1, after head: a journal that is not full holds every slot below it. */
     if (r->jseq != fan_journal_end(ring->journal)) {
@@ -342,13 +345,8 @@ static void journal_step(pgfan_receiver *r)
         fan_ring_set_cursor(ring, r->index, ++r->jseq);
         r->ops->after_slot(r);
     } else if (r->jseq != head) {
-        /* Only a full journal ends below head (J1); the writer keeps our
-         * next slot for us (scan_min). */
-        fan_ring_set_cursor(ring, r->index, r->jseq);
-        fan_ring_rejoin_held(ring, r->index);
-        r->journaling = 0;
-        r->jloaded = 0;
-        fan_ring_spill_done(ring, r->index);
+        /* Only a full journal ends below head (J1). */
+        rejoin(r, 1);
     } else {
         end_or_wait(r, ring_state, r->jseq);
     }

@@ -859,54 +859,35 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
 }
 END_TEST
 
-/* SIGTERM while a TRUNCATE waits for a lock held elsewhere: the statement
- * is cancelled and pgfan exits 130 with nothing committed. */
-START_TEST(a_signal_interrupts_a_blocked_statement)
+/* Sends `sig` to pgfan while target 2's table is locked in `lock_mode` by
+ * another session and pgfan waits on that lock (a TRUNCATE with
+ * `truncate`, else the COPY's start): the wait is cancelled, pgfan exits
+ * 130, nothing is committed and no statement is left waiting. */
+static void interrupt_while_locked(const char *lock_mode, int truncate, int sig)
 {
     char table[64];
     new_tables(table, 1000);
     PGconn *holder = db(2);
     pgt_exec(holder, "BEGIN");
-    pgt_exec(holder, "LOCK TABLE %s IN ACCESS SHARE MODE", table);
-    char *argv[] = {"pgfan",     "-s",         conninfo[0],     "-t",
-                    conninfo[1], "-t",         conninfo[2],     "--table",
-                    table,       "--truncate", "--no-progress", NULL};
-    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
-    pid_t pid = spawn_cli(argv, out, err);
-    PGconn *admin = db(0);
-    int backend = wait_for_backend(admin, "cli_target_2", "Lock:relation", pid);
-    ck_assert_int_ne(backend, 0);
-    kill(pid, SIGTERM);
-    cli_run r = cli_finish(pid, out, err);
-    pgt_exec(holder, "ROLLBACK");
-    ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
-    assert_all_targets_empty(table);
-    cli_free(&r);
-    PQfinish(admin);
-    PQfinish(holder);
-    drop_tables(table);
-}
-END_TEST
-
-/* A target whose COPY cannot start (its table is locked in SHARE mode by
- * another session): SIGINT cancels the waiting COPY, pgfan exits 130 with
- * nothing committed and no statement left waiting on the lock. */
-START_TEST(a_signal_interrupts_a_locked_copy_start)
-{
-    char table[64];
-    new_tables(table, 1000);
-    PGconn *holder = db(2);
-    pgt_exec(holder, "BEGIN");
-    pgt_exec(holder, "LOCK TABLE %s IN SHARE MODE", table);
-    char *argv[] = {"pgfan", "-s",        conninfo[0], "-t",  conninfo[1],
-                    "-t",    conninfo[2], "--table",   table, "--no-progress",
+    pgt_exec(holder, "LOCK TABLE %s IN %s MODE", table, lock_mode);
+    char *argv[] = {"pgfan",
+                    "-s",
+                    conninfo[0],
+                    "-t",
+                    conninfo[1],
+                    "-t",
+                    conninfo[2],
+                    "--table",
+                    table,
+                    "--no-progress",
+                    truncate ? "--truncate" : NULL,
                     NULL};
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     pid_t pid = spawn_cli(argv, out, err);
     PGconn *admin = db(0);
     int backend = wait_for_backend(admin, "cli_target_2", "Lock:relation", pid);
     ck_assert_int_ne(backend, 0);
-    kill(pid, SIGINT);
+    kill(pid, sig);
     cli_run r = cli_finish(pid, out, err);
     pgt_assert_no_copy_running(holder); /* while the lock is still held */
     pgt_exec(holder, "ROLLBACK");
@@ -916,6 +897,20 @@ START_TEST(a_signal_interrupts_a_locked_copy_start)
     PQfinish(admin);
     PQfinish(holder);
     drop_tables(table);
+}
+
+/* SIGTERM while a TRUNCATE waits for a lock held elsewhere. */
+START_TEST(a_signal_interrupts_a_blocked_statement)
+{
+    interrupt_while_locked("ACCESS SHARE", 1, SIGTERM);
+}
+END_TEST
+
+/* SIGINT while a target's COPY cannot start (its table is locked in SHARE
+ * mode by another session). */
+START_TEST(a_signal_interrupts_a_locked_copy_start)
+{
+    interrupt_while_locked("SHARE", 0, SIGINT);
 }
 END_TEST
 
