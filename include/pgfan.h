@@ -262,6 +262,17 @@ PGFAN_EXTERN int pgfan_receiver_new_call(pgfan_receiver **out, pgfan_call_fn fn,
  */
 PGFAN_EXTERN int pgfan_receiver_set_label(pgfan_receiver *receiver, const char *label);
 
+/*
+ * Limits what the receiver hands over to `bytes_per_second` of COPY data
+ * (averaged, in bursts of at most 50 ms of the rate); 0 = no limit (the
+ * default).  Only this receiver is slowed: with a spill journal
+ * (pgfan_options.spill_limit) the others go on at their own pace, without
+ * one they wait for it like for any slow receiver.  Time spent pacing is not
+ * a stall.  Before pgfan_manager_start() only.
+ */
+PGFAN_EXTERN int pgfan_receiver_set_max_rate(pgfan_receiver *receiver,
+                                             uint64_t bytes_per_second);
+
 /* Frees a receiver that was not handed to a manager.  NULL is ignored. */
 PGFAN_EXTERN void pgfan_receiver_free(pgfan_receiver *receiver);
 

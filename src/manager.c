@@ -343,7 +343,9 @@ static void detect_stalls(pgfan_manager *m)
          * stall_timeout_ms without movement. */
         uint64_t cursor = fan_ring_cursor(ring, i);
         uint64_t head = fan_ring_head(ring);
-        uint64_t moved = fan_receiver_count(r, FAN_COUNT_MOVED);
+        /* Waiting for its max_rate is movement too. */
+        uint64_t moved = fan_receiver_count(r, FAN_COUNT_MOVED) +
+                         fan_receiver_count(r, FAN_COUNT_PACED);
         int waiting = (fan_ring_is_gating(ring, i) || fan_ring_is_spilled(ring, i)) &&
                       fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
                       fan_receiver_command_of(r) == FAN_CMD_NONE && head != cursor;

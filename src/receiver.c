@@ -36,6 +36,16 @@ int pgfan_receiver_set_label(pgfan_receiver *r, const char *label)
     return PGFAN_OK;
 }
 
+int pgfan_receiver_set_max_rate(pgfan_receiver *r, uint64_t bytes_per_second)
+{
+    if (!r)
+        return PGFAN_EINVAL;
+    if (r->shared && r->shared->ring_ready)
+        return PGFAN_ESTATE; /* its thread reads it without a lock */
+    r->max_rate = bytes_per_second;
+    return PGFAN_OK;
+}
+
 void pgfan_receiver_free(pgfan_receiver *r)
 {
     if (!r)
@@ -203,6 +213,43 @@ static void add_progress(pgfan_receiver *r, const fan_slot *s)
 {
     fan_receiver_count_add(r, FAN_COUNT_BYTES, s->len);
     fan_receiver_count_add(r, FAN_COUNT_ROWS, s->rows);
+    r->tokens -= (double)s->len;
+}
+
+/* ---- pacing to max_rate ---- */
+
+#define PACE_BURST_S 0.05 /* the bucket holds this much of the rate */
+#define PACE_STEP_MS 100  /* longest wait between looks at commands */
+
+/*
+ * A token bucket: a slot may start while the bucket is not in debt; sending
+ * it takes its bytes out.  Returns 1 after waiting (part of) the debt off,
+ * so the caller looks at its commands and comes back; 0 when the next slot
+ * may go.  A slot partly sent goes on unpaced: it was paid for.
+ */
+static int pace(pgfan_receiver *r)
+{
+    if (!r->max_rate || r->slot_sent)
+        return 0;
+    double rate = (double)r->max_rate, burst = rate * PACE_BURST_S;
+    struct timespec now;
+    fan_now(&now);
+    if (!r->pacing) {
+        r->pacing = 1;
+        r->tokens = burst;
+    } else {
+        r->tokens += fan_seconds_between(&r->paced_at, &now) * rate;
+        if (r->tokens > burst)
+            r->tokens = burst;
+    }
+    r->paced_at = now;
+    if (r->tokens >= 0)
+        return 0;
+    double ms = -r->tokens * 1000.0 / rate + 1;
+    /* Counted before the wait: the manager's stall watch sees movement. */
+    fan_receiver_count_add(r, FAN_COUNT_PACED, 1);
+    r->ops->idle(r, ms > PACE_STEP_MS ? PACE_STEP_MS : (int)ms);
+    return 1;
 }
 
 /* CopyDone, then the server's row count against the source's. */
@@ -311,9 +358,9 @@ static void end_or_wait(pgfan_receiver *r, int ring_state, uint64_t cursor)
          * slot up to the final head is handed over. */
         if (!atomic_exchange_explicit(&r->drained, 1, memory_order_seq_cst))
             fan_shared_poke(r->shared);
-        r->ops->idle(r);
+        r->ops->idle(r, -1);
     } else if (ring_state == FAN_RING_FAILED) {
-        r->ops->idle(r);
+        r->ops->idle(r, -1);
     } else {
         r->ops->wait_data(r, cursor);
     }
@@ -339,7 +386,7 @@ static void journal_step(pgfan_receiver *r)
             }
             r->jloaded = r->jseq + 1;
         }
-        if (r->ops->deliver(r, &r->jslot) != 0)
+        if (pace(r) || r->ops->deliver(r, &r->jslot) != 0)
             return;
         add_progress(r, &r->jslot);
         fan_ring_set_cursor(ring, r->index, ++r->jseq);
@@ -416,7 +463,7 @@ static void drain_step(pgfan_receiver *r)
     int ring_state = fan_ring_state(ring);
     if (cursor != fan_ring_head(ring)) {
         const fan_slot *s = fan_ring_slot(ring, cursor);
-        if (r->ops->deliver(r, s) != 0)
+        if (pace(r) || r->ops->deliver(r, s) != 0)
             return;
         add_progress(r, s);
         fan_ring_release(ring, r->index, cursor + 1);
@@ -437,7 +484,7 @@ static enum fan_command pump(pgfan_receiver *r)
         if (acted)
             continue;
         if (fan_receiver_state(r) != PGFAN_RECEIVER_ACTIVE)
-            r->ops->idle(r);
+            r->ops->idle(r, -1);
         else
             drain_step(r);
     }

@@ -42,6 +42,7 @@ enum fan_receiver_counter {
     FAN_COUNT_ROWS,
     FAN_COUNT_MOVED,
     FAN_COUNT_NOTICES,
+    FAN_COUNT_PACED, /* waits for max_rate: not a stall */
     FAN_COUNTERS
 };
 
@@ -60,8 +61,9 @@ typedef struct fan_receiver_ops {
     void (*after_slot)(pgfan_receiver *r);
     /* Waits for data past `cursor`, or for a command. */
     void (*wait_data)(pgfan_receiver *r, uint64_t cursor);
-    /* Waits for a command (paused, faulted, or waiting for the verdict). */
-    void (*idle)(pgfan_receiver *r);
+    /* Waits for a command (paused, faulted, or waiting for the verdict), at
+     * most `timeout_ms` (-1: no limit). */
+    void (*idle)(pgfan_receiver *r, int timeout_ms);
     /* CopyDone: returns 0 with r->server_rows set, or -1 with `f` filled. */
     int (*complete)(pgfan_receiver *r, pgfan_fault *f);
     /* CopyFail with `reason`, bounded by realign_timeout_ms. */
@@ -95,6 +97,11 @@ struct pgfan_receiver {
     uint64_t joffset; /* its record's offset */
     uint64_t jloaded; /* jslot holds sequence jloaded - 1; 0: nothing */
     fan_slot jslot;
+    /* pacing to max_rate (bytes/s, 0: none), this thread only */
+    uint64_t max_rate;
+    double tokens; /* bytes that may go now; negative: owed */
+    struct timespec paced_at;
+    int pacing;
     /* call kind */
     pgfan_call_fn call;
     void *call_arg;

@@ -61,9 +61,9 @@ static void call_wait_data(pgfan_receiver *r, uint64_t cursor)
     fan_ring_wait_data(fan_receiver_ring(r), r->index, cursor, NULL, 0, -1);
 }
 
-static void call_idle(pgfan_receiver *r)
+static void call_idle(pgfan_receiver *r, int timeout_ms)
 {
-    fan_waiter_sleep(fan_receiver_waiter(r), NULL, 0, -1);
+    fan_waiter_sleep(fan_receiver_waiter(r), NULL, 0, timeout_ms);
 }
 
 static int call_complete(pgfan_receiver *r, pgfan_fault *f)

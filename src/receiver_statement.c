@@ -432,7 +432,7 @@ static void statement_fail(pgfan_receiver *r, const char *reason)
 
 /* While paused, faulted or waiting for the verdict: keep sending what libpq
  * holds, watch the socket, wait for a command. */
-static void statement_idle(pgfan_receiver *r)
+static void statement_idle(pgfan_receiver *r, int timeout_ms)
 {
     short events = 0, revents;
     if (r->in_copy) {
@@ -440,7 +440,7 @@ static void statement_idle(pgfan_receiver *r)
         if (PQflush(r->conn) == 1)
             events |= POLLOUT;
     }
-    sleep_on(r, events, -1, &revents);
+    sleep_on(r, events, timeout_ms, &revents);
     /* Input must be read, or poll() reports it again at once: a receiver
      * that has sent everything would spin, and an error arriving while it
      * waits for the others would show only at CopyDone. */

@@ -630,6 +630,81 @@ START_TEST(a_stopped_target_reads_on_from_the_spill_journal)
 }
 END_TEST
 
+/* Rows target `dbname`'s COPY has stored so far (pg_stat_progress_copy), or
+ * -1 when no COPY runs there. */
+static long copy_progress(PGconn *admin, const char *dbname)
+{
+    char *v = pgt_value(admin,
+                        "SELECT coalesce(max(tuples_processed), -1) FROM "
+                        "pg_stat_progress_copy WHERE datname = '%s'",
+                        dbname);
+    long n = atol(v);
+    free(v);
+    return n;
+}
+
+/* A target limited by --max-rate trails while the two others load the
+ * whole table; it then completes every row exactly once, having taken at
+ * least its rate's time (a lower bound, which a busy machine cannot break). */
+START_TEST(a_rate_limited_target_trails_while_the_others_load)
+{
+    const long nrows = 200000;
+    char table[64];
+    new_tables(table, nrows);
+    PGconn *admin = db(0), *gate = db(0);
+    pgt_exec(gate, "SELECT pg_advisory_lock(816)");
+    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
+    close(mkstemp(report));
+    snprintf(query, sizeof query,
+             "SELECT t.* FROM (SELECT pg_advisory_lock_shared(816)) rate_gate, %s t",
+             table);
+    char *argv[] = {"pgfan",     "-s",         conninfo[0], "-t",
+                    conninfo[1], "-t",         conninfo[2], "-t",
+                    conninfo[3], "--query",    query,       "--into",
+                    table,       "--max-rate", "3=4MB",     "--stall-timeout",
+                    "1",         "--report",   report,      "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    ck_assert_int_ne(wait_for_backend(admin, "cli_target_3", "Client:ClientRead", pid),
+                     0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pgt_exec(gate, "SELECT pg_advisory_unlock(816)");
+    long slow_when_fast_done = -1;
+    for (int tries = 0; tries < 6000 && slow_when_fast_done < 0; tries++) {
+        if (copy_progress(admin, "cli_target_1") == nrows &&
+            copy_progress(admin, "cli_target_2") == nrows)
+            slow_when_fast_done = copy_progress(admin, "cli_target_3");
+        else
+            sleep_ms(10); /* a poll for a state, bounded by the loop */
+    }
+    cli_run r = cli_finish(pid, out, err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(slow_when_fast_done >= 0 && slow_when_fast_done < nrows / 2,
+                  "target 3 had %ld rows when the others had all", slow_when_fast_done);
+    char *json = cli_slurp(report);
+    const char *bytes = strstr(json, "\"targets\": [");
+    for (int i = 0; i < 3 && bytes; i++) /* the third target's entry */
+        bytes = strstr(bytes + 1, "\"bytes\": ");
+    ck_assert_ptr_nonnull(bytes);
+    double sent = strtod(bytes + strlen("\"bytes\": "), NULL);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    ck_assert_msg(took >= 0.9 * sent / (4 << 20), "%.0f bytes in %.2f s", sent, took);
+    char *want = source_checksum(table);
+    for (int i = 1; i <= 3; i++)
+        assert_target(i, table, want);
+    free(want);
+    free(json);
+    unlink(report);
+    cli_free(&r);
+    PQfinish(gate);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
 /* A deferred constraint the data violates fails before the first COMMIT,
  * so under --on-fault abort no target commits (it used to fail only at its
  * own COMMIT, after others had committed). */
@@ -1000,6 +1075,7 @@ static Suite *cli_suite(void)
     TCase *spill = tcase_create("spill");
     tcase_set_timeout(spill, 600);
     tcase_add_test(spill, a_stopped_target_reads_on_from_the_spill_journal);
+    tcase_add_test(spill, a_rate_limited_target_trails_while_the_others_load);
     suite_add_tcase(s, spill);
     return s;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <pgfan.h>
@@ -62,6 +63,7 @@ START_TEST(null_arguments_are_refused)
     ck_assert_status(pgfan_receiver_new_statement(&r, NULL, "COPY t FROM STDIN"),
                      PGFAN_EINVAL);
     ck_assert_status(pgfan_receiver_new_call(&r, NULL, NULL), PGFAN_EINVAL);
+    ck_assert_status(pgfan_receiver_set_max_rate(NULL, 1), PGFAN_EINVAL);
     ck_assert_status(pgfan_manager_new(&m, NULL, NULL), PGFAN_EINVAL);
     ck_assert_status(pgfan_manager_start(NULL), PGFAN_EINVAL);
     ck_assert_status(pgfan_manager_finish(NULL), PGFAN_EINVAL);
@@ -174,8 +176,9 @@ static char *make_rows(size_t nrows, size_t *len)
     return p;
 }
 
-static pgfan_manager *make_spilling_manager(feed *f, collect *c, size_t nrecv,
-                                            pgfan_policy policy, uint64_t spill_limit)
+static pgfan_manager *make_paced_manager(feed *f, collect *c, size_t nrecv,
+                                         pgfan_policy policy, uint64_t spill_limit,
+                                         const uint64_t *rates)
 {
     pgfan_producer *p;
     pgfan_manager *m;
@@ -186,6 +189,8 @@ static pgfan_manager *make_spilling_manager(feed *f, collect *c, size_t nrecv,
     o.policy = policy;
     o.progress_ms = 20;
     o.spill_limit = spill_limit;
+    if (rates)
+        o.stall_timeout_ms = 1000; /* far below the paced receiver's time */
     ck_assert_status(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, feed_next, f),
                      PGFAN_OK);
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_OK);
@@ -193,10 +198,18 @@ static pgfan_manager *make_spilling_manager(feed *f, collect *c, size_t nrecv,
         pgfan_receiver *r;
         size_t idx;
         ck_assert_status(pgfan_receiver_new_call(&r, collect_chunk, &c[i]), PGFAN_OK);
+        if (rates)
+            ck_assert_status(pgfan_receiver_set_max_rate(r, rates[i]), PGFAN_OK);
         ck_assert_status(pgfan_manager_add_receiver(m, r, &idx), PGFAN_OK);
         ck_assert_uint_eq(idx, i);
     }
     return m;
+}
+
+static pgfan_manager *make_spilling_manager(feed *f, collect *c, size_t nrecv,
+                                            pgfan_policy policy, uint64_t spill_limit)
+{
+    return make_paced_manager(f, c, nrecv, policy, spill_limit, NULL);
 }
 
 static pgfan_manager *make_manager(feed *f, collect *c, size_t nrecv, pgfan_policy policy)
@@ -490,6 +503,52 @@ START_TEST(a_full_journal_turns_back_into_backpressure)
 }
 END_TEST
 
+/* One receiver limited to a third of the stream per second, the other
+ * free, with a journal and a stall timeout far below the paced one's time:
+ * the paced one takes at least its rate's time (a lower bound, which a busy
+ * machine cannot break), is never taken for stalled, and does not hold the
+ * other back; both get every byte. */
+START_TEST(a_rate_limited_receiver_keeps_its_rate_and_slows_no_other)
+{
+    size_t len;
+    char *data = make_rows(6000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1}};
+    uint64_t rates[2] = {0, len / 3};
+    pgfan_manager *m = make_paced_manager(&f, c, 2, PGFAN_POLICY_ABORT, 64 << 20, rates);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_receiver_result fast, paced;
+    pgfan_event ev;
+    uint64_t paced_when_fast_done = UINT64_MAX;
+    do {
+        ck_assert_status(pgfan_manager_next(m, &ev), PGFAN_OK);
+        ck_assert_int_ne(ev.type, PGFAN_EVENT_FAULT);
+        pgfan_manager_receiver(m, 0, &fast);
+        pgfan_manager_receiver(m, 1, &paced);
+        if (fast.bytes == len && paced_when_fast_done == UINT64_MAX)
+            paced_when_fast_done = paced.bytes;
+    } while (ev.type != PGFAN_EVENT_END);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_status(pgfan_manager_finish(m), PGFAN_OK);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    ck_assert_double_ge(took, 3.0 * 0.8);
+    ck_assert_uint_lt(paced_when_fast_done, len / 2);
+    for (size_t i = 0; i < 2; i++) {
+        pgfan_receiver_result rr;
+        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        free(c[i].buf);
+    }
+    ck_assert_uint_eq(pgfan_manager_fault_count(m), 0);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
 START_TEST(paused_until_its_data_left_is_dropped_at_finish)
 {
     size_t len;
@@ -542,6 +601,7 @@ Suite *api_suite(void)
     tcase_add_test(copies, paused_until_its_data_left_is_dropped_at_finish);
     tcase_add_loop_test(copies, a_slow_receiver_spills_and_rejoins_losing_nothing, 0, 2);
     tcase_add_test(copies, a_full_journal_turns_back_into_backpressure);
+    tcase_add_test(copies, a_rate_limited_receiver_keeps_its_rate_and_slows_no_other);
     suite_add_tcase(s, copies);
     return s;
 }

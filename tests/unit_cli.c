@@ -105,6 +105,36 @@ START_TEST(parses_a_full_command_line)
 }
 END_TEST
 
+START_TEST(max_rate_applies_to_every_target_or_the_one_named)
+{
+    char *argv[] = {"pgfan", "-s",         "S",         "-t",         "T1", "-t",
+                    "T2",    "-t",         "T3",        "--table",    "t",  "--max-rate",
+                    "20MB",  "--max-rate", "2=1.5GB/s", "--max-rate", "3=0"};
+    cli_options o;
+    char err[256];
+    ck_assert_int_eq(parse(&o, err, sizeof argv / sizeof *argv, argv), 0);
+    ck_assert_uint_eq(target_max_rate(&o, 0), 20u << 20);
+    ck_assert_uint_eq(target_max_rate(&o, 1), 1536ull << 20);
+    ck_assert_uint_eq(target_max_rate(&o, 2), 0); /* no limit for this one */
+    char *none[] = {"pgfan", "-s", "S", "-t", "T", "--table", "t"};
+    ck_assert_int_eq(parse(&o, err, 7, none), 0);
+    ck_assert_uint_eq(target_max_rate(&o, 0), 0);
+    const char *bad[][2] = {{"4=1MB", "no target 4 (1 --target given)"},
+                            {"0=1MB", "counts --target from 1"},
+                            {"x=1MB", "counts --target from 1"},
+                            {"=1MB", "RATE or N=RATE"},
+                            {"fast", "bytes per second"},
+                            {"1=-5", "bytes per second"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *args[] = {"pgfan", "-s",         "S",
+                        "-t",    "T",          "--table",
+                        "t",     "--max-rate", (char *)bad[i][0]};
+        ck_assert_int_eq(parse(&o, err, 9, args), -1);
+        ck_assert_msg(strstr(err, bad[i][1]), "%s: %s", bad[i][0], err);
+    }
+}
+END_TEST
+
 START_TEST(refuses_bad_command_lines)
 {
     struct {
@@ -235,6 +265,7 @@ Suite *cli_unit_suite(void)
     tcase_add_test(tc, masking_truncates_safely);
     tcase_add_test(tc, parses_a_full_command_line);
     tcase_add_test(tc, refuses_bad_command_lines);
+    tcase_add_test(tc, max_rate_applies_to_every_target_or_the_one_named);
     tcase_add_test(tc, column_names_are_read_as_sql_writes_them);
     tcase_add_test(tc, truncate_and_columns_need_a_known_table);
     tcase_add_test(tc, table_patterns_read_as_pg_dump_reads_them);

@@ -125,6 +125,8 @@ static pgfan_manager *build_manager(run *r)
         snprintf(label, sizeof label, "target %zu", i + 1);
         int added = pgfan_receiver_set_label(rc, label);
         if (added == PGFAN_OK)
+            added = pgfan_receiver_set_max_rate(rc, target_max_rate(&r->opt, i));
+        if (added == PGFAN_OK)
             added = pgfan_manager_add_receiver(m, rc, NULL);
         if (added != PGFAN_OK) {
             fprintf(stderr, "pgfan: target %zu: cannot be added to the copy: %s\n", i + 1,

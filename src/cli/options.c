@@ -64,6 +64,9 @@ const char cli_usage[] =
     "                              from a journal while the others go on (default 1GB;\n"
     "                              0: the slowest target sets the pace)\n"
     "      --spill-dir DIR         where that journal goes (default: $TMPDIR or /tmp)\n"
+    "      --max-rate [N=]RATE     send at most RATE bytes/s (20MB, 1GB) to every\n"
+    "                              target, or with N= to the N-th --target only\n"
+    "                              (repeatable; 0: no limit)\n"
     "      --ring-slots N          slots in the ring buffer (power of two, default 64)\n"
     "      --chunk-size BYTES      bytes per slot (default 131072)\n"
     "Output:\n"
@@ -93,6 +96,7 @@ enum {
     OPT_STALL,
     OPT_SPILL_LIMIT,
     OPT_SPILL_DIR,
+    OPT_MAX_RATE,
     OPT_SLOTS,
     OPT_CHUNK,
     OPT_PROGRESS,
@@ -129,6 +133,7 @@ static const struct option long_options[] = {
     {"stall-timeout", required_argument, NULL, OPT_STALL},
     {"spill-limit", required_argument, NULL, OPT_SPILL_LIMIT},
     {"spill-dir", required_argument, NULL, OPT_SPILL_DIR},
+    {"max-rate", required_argument, NULL, OPT_MAX_RATE},
     {"ring-slots", required_argument, NULL, OPT_SLOTS},
     {"chunk-size", required_argument, NULL, OPT_CHUNK},
     {"progress", no_argument, NULL, OPT_PROGRESS},
@@ -198,6 +203,49 @@ int parse_size(const char *s, uint64_t *out)
             return 0;
         }
     return -1;
+}
+
+/* --max-rate RATE or N=RATE: bytes per second, "/s" allowed. */
+static int parse_max_rate(const char *arg, cli_options *o, char *err, size_t errlen)
+{
+    char rate[64];
+    const char *eq = strchr(arg, '=');
+    unsigned long long n = 0;
+    if (eq) {
+        char num[16];
+        size_t k = (size_t)(eq - arg);
+        if (k == 0 || k >= sizeof num)
+            FAIL("--max-rate takes RATE or N=RATE (N counts --target from 1), not \"%s\"",
+                 arg);
+        memcpy(num, arg, k);
+        num[k] = '\0';
+        if (parse_count(num, MAX_TARGETS, &n) != 0)
+            FAIL("--max-rate N=RATE: N counts --target from 1 to %d, not \"%s\"",
+                 MAX_TARGETS, num);
+        arg = eq + 1;
+    }
+    size_t len = strlen(arg);
+    if (len >= 2 && strcmp(arg + len - 2, "/s") == 0)
+        len -= 2;
+    if (len >= sizeof rate)
+        len = sizeof rate - 1;
+    memcpy(rate, arg, len);
+    rate[len] = '\0';
+    uint64_t v;
+    if (parse_size(rate, &v) != 0)
+        FAIL("--max-rate takes bytes per second such as 20MB or 1GB, not \"%s\"", arg);
+    if (n) {
+        o->target_rate[n - 1] = v;
+        o->target_rate_set[n - 1] = 1;
+    } else {
+        o->max_rate = v;
+    }
+    return 0;
+}
+
+uint64_t target_max_rate(const cli_options *o, size_t i)
+{
+    return o->target_rate_set[i] ? o->target_rate[i] : o->max_rate;
 }
 
 static int parse_seconds(const char *s, unsigned int *ms)
@@ -347,6 +395,8 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
         if (parse_size(arg, &o->spill_limit) != 0)
             FAIL("--spill-limit takes a size such as 0, 500MB or 2GB, not \"%s\"", arg);
         return 0;
+    case OPT_MAX_RATE:
+        return parse_max_rate(arg, o, err, errlen);
     case OPT_SPILL_DIR:
         if (!*arg)
             FAIL("an empty --spill-dir");
@@ -436,6 +486,10 @@ static int check_combination(cli_options *o, char *err, size_t errlen)
         FAIL("--source is required");
     if (o->ntargets == 0)
         FAIL("at least one --target is required");
+    for (size_t i = o->ntargets; i < MAX_TARGETS; i++)
+        if (o->target_rate_set[i])
+            FAIL("--max-rate %zu=...: there is no target %zu (%zu --target given)", i + 1,
+                 i + 1, o->ntargets);
     if (check_set(o, err, errlen) != 0)
         return -1;
     if (o->set_mode)

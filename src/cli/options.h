@@ -36,8 +36,11 @@ typedef struct cli_options {
     int atomic, truncate;
     int no_sequences; /* leave the targets' sequences as they are */
     unsigned int stall_timeout_ms;
-    uint64_t spill_limit;  /* bytes; 0: no spill journal */
-    const char *spill_dir; /* NULL: $TMPDIR or /tmp */
+    uint64_t spill_limit;              /* bytes; 0: no spill journal */
+    const char *spill_dir;             /* NULL: $TMPDIR or /tmp */
+    uint64_t max_rate;                 /* bytes/s for every target; 0: no limit */
+    uint64_t target_rate[MAX_TARGETS]; /* --max-rate N=RATE, by target */
+    unsigned char target_rate_set[MAX_TARGETS];
     unsigned int ring_slots;
     size_t chunk_size;
     int progress; /* -1: when stderr is a terminal */
@@ -67,6 +70,10 @@ typedef struct cli_options {
 /* A size such as 0, 500MB or 2GB (units of 1024).  Returns 0 or -1. */
 int parse_size(const char *s, uint64_t *out);
 int parse_options(int argc, char **argv, cli_options *o, char *err, size_t errlen);
+
+/* Bytes/s target `i` (from 0) may be sent: its own --max-rate N=RATE, else
+ * --max-rate RATE; 0: no limit. */
+uint64_t target_max_rate(const cli_options *o, size_t i);
 
 /* The --help text. */
 extern const char cli_usage[];

@@ -47,6 +47,7 @@ typedef struct set_run {
     char source_id[256];
     char prior_snapshot[64]; /* the snapshot of the run being resumed */
     int schema_failed;
+    unsigned int jobs; /* tables loaded at a time */
 } set_run;
 
 /* query_ok() (run.h) for party `who` of the set's run. */

@@ -74,7 +74,7 @@ static int pop_ready(queue *q, job *out)
 
 /* ---- one table's command ---- */
 
-#define MAX_ARGS (2 * MAX_TARGETS + 40)
+#define MAX_ARGS (4 * MAX_TARGETS + 40)
 
 static void add(const char **argv, size_t *n, const char *a, const char *b)
 {
@@ -100,7 +100,23 @@ static const char *format_arg(format_choice f)
 /* The numbers a command line spells out; they live as long as it. */
 typedef struct argv_numbers {
     char stall[32], slots[32], chunk[32], spill[32];
+    char rate[MAX_TARGETS][48];
 } argv_numbers;
+
+/* A target's --max-rate is shared by the tables loading into it at once. */
+static void add_rates(set_run *s, const job *j, const char **argv, size_t *n,
+                      argv_numbers *num)
+{
+    for (size_t k = 0; k < j->ntargets; k++) {
+        uint64_t rate = target_max_rate(&s->r->opt, j->targets[k]);
+        if (!rate)
+            continue;
+        rate /= s->jobs;
+        snprintf(num->rate[k], sizeof num->rate[k], "%zu=%llu", k + 1,
+                 (unsigned long long)(rate ? rate : 1));
+        add(argv, n, "--max-rate", num->rate[k]);
+    }
+}
 
 /* The command line of job j: one table, its targets, the set's options. */
 static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *num)
@@ -138,6 +154,7 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
         add(argv, &n, "--ring-slots", num->slots);
     if (o->chunk_size)
         add(argv, &n, "--chunk-size", num->chunk);
+    add_rates(s, j, argv, &n, num);
 }
 
 static int launch(set_run *s, job *j, unsigned int serial)
@@ -427,6 +444,7 @@ int copy_set(set_run *s)
     const cli_options *o = &s->r->opt;
     queue q = {0};
     unsigned int k = o->jobs ? o->jobs : default_jobs(s->ntables), serial = 0;
+    s->jobs = k;
     job *running = calloc(k, sizeof *running);
     int tty = isatty(STDERR_FILENO);
     int show = !o->quiet && (o->progress == 1 || (o->progress == -1 && tty));
