@@ -200,6 +200,16 @@ typedef struct pgfan_options {
                                                (unlinked at once); read by
                                                pgfan_manager_start(); NULL =
                                                $TMPDIR or /tmp (default) */
+    int complete_early;                     /* nonzero, with PGFAN_POLICY_DROP
+                                               only: a receiver that has the
+                                               whole stream ends its COPY at
+                                               once instead of waiting for the
+                                               others and
+                                               pgfan_manager_finish(), and
+                                               pgfan_manager_next() reports
+                                               PGFAN_EVENT_RECEIVER_DONE; an
+                                               abort no longer rolls it back.
+                                               Default 0 */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */
@@ -307,14 +317,18 @@ PGFAN_EXTERN int pgfan_manager_start(pgfan_manager *manager);
 typedef enum pgfan_event_type {
     PGFAN_EVENT_PROGRESS = 0, /* nothing new; counters moved */
     PGFAN_EVENT_FAULT,        /* `fault` describes a new fault */
-    PGFAN_EVENT_END           /* the copy reached its end (every receiver has all the
+    PGFAN_EVENT_END,          /* the copy reached its end (every receiver has all the
                                  source's data, or the copy failed): call
                                  pgfan_manager_finish() */
+    PGFAN_EVENT_RECEIVER_DONE /* with complete_early: receiver `receiver` ended its
+                                 COPY (see pgfan_manager_receiver()); its
+                                 connection is the caller's again */
 } pgfan_event_type;
 
 typedef struct pgfan_event {
     pgfan_event_type type;
     pgfan_fault fault; /* valid for PGFAN_EVENT_FAULT */
+    size_t receiver;   /* valid for PGFAN_EVENT_RECEIVER_DONE */
 } pgfan_event;
 
 /*
@@ -413,7 +427,8 @@ typedef struct pgfan_receiver_result {
                          the connection has libpq's default notice receiver) */
     int may_commit;   /* after finish: its COPY completed (DONE) and the copy as a
                          whole allows it to commit (policy abort: every receiver
-                         succeeded; drop: the source ended and it did) */
+                         succeeded; drop: the source ended and it did); with
+                         complete_early, also as soon as it ended early */
 } pgfan_receiver_result;
 
 PGFAN_EXTERN int pgfan_manager_receiver(const pgfan_manager *manager, size_t index,

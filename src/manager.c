@@ -25,6 +25,7 @@ typedef struct receiver_watch {
     int stalling;
     struct timespec hold_until; /* a reconcilable fault waits until then */
     int holding;
+    int done_reported; /* complete_early: PGFAN_EVENT_RECEIVER_DONE given */
 } receiver_watch;
 
 struct pgfan_manager {
@@ -54,6 +55,8 @@ int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
     if (o.ring_slots < 2 || (o.ring_slots & (o.ring_slots - 1)) != 0 ||
         o.chunk_bytes < 4096 || o.chunk_bytes > (size_t)1 << 30)
         return PGFAN_EINVAL;
+    if (o.complete_early && o.policy != PGFAN_POLICY_DROP)
+        return PGFAN_EINVAL; /* under abort, everyone commits or nobody */
     if (o.progress_ms == 0)
         o.progress_ms = 100;
     pgfan_manager *m = calloc(1, sizeof *m);
@@ -380,6 +383,34 @@ static int receiver_live(pgfan_receiver *r)
            fan_receiver_command_of(r) != FAN_CMD_DROP;
 }
 
+/* Ended by complete_early.  Read after a seq_cst load of a final state,
+ * which the thread stores after writing the flag. */
+static int ended_early(pgfan_receiver *r)
+{
+    return fan_state_is_final(fan_receiver_state(r)) && r->completed_early;
+}
+
+/* Reports a receiver that completed early and let go of its connection;
+ * returns 1 if it did.  *pending: one completed but has not let go yet. */
+static int report_early(pgfan_manager *m, pgfan_event *ev, int *pending)
+{
+    *pending = 0;
+    for (size_t i = 0; i < m->nreceivers; i++) {
+        pgfan_receiver *r = m->receivers[i];
+        if (m->watch[i].done_reported || !ended_early(r))
+            continue;
+        if (!fan_receiver_exited(r)) {
+            *pending = 1;
+            continue;
+        }
+        m->watch[i].done_reported = 1;
+        ev->type = PGFAN_EVENT_RECEIVER_DONE;
+        ev->receiver = i;
+        return 1;
+    }
+    return 0;
+}
+
 static void post_no_receivers(pgfan_manager *m)
 {
     pgfan_fault f;
@@ -396,7 +427,8 @@ static void evaluate(pgfan_manager *m)
         return;
     size_t live = 0;
     for (size_t i = 0; i < m->nreceivers; i++)
-        live += (size_t)receiver_live(m->receivers[i]);
+        live += (size_t)(receiver_live(m->receivers[i]) ||
+                         fan_receiver_state(m->receivers[i]) == PGFAN_RECEIVER_DONE);
     if (live == 0) {
         post_no_receivers(m);
         give_verdict(m, FAN_VERDICT_ABORT, PGFAN_ENORECEIVERS,
@@ -415,9 +447,10 @@ static int everyone_has_everything(pgfan_manager *m, int paused_count)
 {
     if (fan_ring_state(&m->shared.ring) != FAN_RING_ENDED)
         return 0;
-    size_t live = 0, ready = 0;
+    size_t live = 0, ready = 0, early = 0;
     for (size_t i = 0; i < m->nreceivers; i++) {
         pgfan_receiver *r = m->receivers[i];
+        early += fan_receiver_state(r) == PGFAN_RECEIVER_DONE;
         if (!receiver_live(r))
             continue;
         live++;
@@ -427,7 +460,7 @@ static int everyone_has_everything(pgfan_manager *m, int paused_count)
             (paused_count && cmd == FAN_CMD_PAUSE))
             ready++;
     }
-    return live > 0 && ready == live;
+    return (live > 0 || early > 0) && ready == live;
 }
 
 static int all_exited(pgfan_manager *m)
@@ -460,11 +493,16 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
             ev->type = PGFAN_EVENT_FAULT;
             return PGFAN_OK;
         }
+        int early_pending;
+        if (report_early(m, ev, &early_pending))
+            return PGFAN_OK;
         expire_holds(m);
         detect_stalls(m);
         evaluate(m);
-        if (all_exited(m) || (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
-                              everyone_has_everything(m, 1))) {
+        /* END comes after every RECEIVER_DONE. */
+        if (!early_pending &&
+            (all_exited(m) || (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
+                               everyone_has_everything(m, 1)))) {
             ev->type = PGFAN_EVENT_END;
             m->end_reported = 1;
             return PGFAN_OK;
@@ -745,8 +783,10 @@ int pgfan_manager_progress(const pgfan_manager *m, pgfan_progress *out)
  * as a whole allows it: under abort, only if the copy succeeded; under
  * drop, unless the source failed or the copy was aborted.
  */
-static int may_commit(const pgfan_manager *m, int state)
+static int may_commit(const pgfan_manager *m, pgfan_receiver *r, int state)
 {
+    if (state == PGFAN_RECEIVER_DONE && r->completed_early)
+        return 1; /* its COPY ended whole, before any verdict */
     if (m->phase != FAN_PHASE_FINISHED || state != PGFAN_RECEIVER_DONE)
         return 0;
     if (m->failure == PGFAN_OK)
@@ -779,7 +819,7 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     out->notices = fan_receiver_count(r, FAN_COUNT_NOTICES);
     out->has_fault =
         fan_shared_receiver_fault((fan_shared *)&m->shared, index, &out->fault);
-    out->may_commit = may_commit(m, out->state);
+    out->may_commit = may_commit(m, r, out->state);
     return PGFAN_OK;
 }
 

@@ -351,6 +351,16 @@ static int rejoin(pgfan_receiver *r, int held)
     return 1;
 }
 
+/* complete_early: a receiver with the whole stream ends its COPY without
+ * waiting for the verdict, unless one was given meanwhile. */
+static int completes_early(pgfan_receiver *r)
+{
+    return r->shared->opts.complete_early &&
+           r->shared->opts.policy == PGFAN_POLICY_DROP && fan_receiver_drained(r) &&
+           fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
+           fan_shared_verdict(r->shared) == FAN_VERDICT_NONE;
+}
+
 static void end_or_wait(pgfan_receiver *r, int ring_state, uint64_t cursor)
 {
     if (ring_state == FAN_RING_ENDED) {
@@ -358,7 +368,8 @@ static void end_or_wait(pgfan_receiver *r, int ring_state, uint64_t cursor)
          * slot up to the final head is handed over. */
         if (!atomic_exchange_explicit(&r->drained, 1, memory_order_seq_cst))
             fan_shared_poke(r->shared);
-        r->ops->idle(r, -1);
+        if (!completes_early(r))
+            r->ops->idle(r, -1);
     } else if (ring_state == FAN_RING_FAILED) {
         r->ops->idle(r, -1);
     } else {
@@ -437,6 +448,10 @@ static enum fan_command obey(pgfan_receiver *r, int *acted)
         return cmd;
     if (cmd == FAN_CMD_COMMIT && fan_receiver_drained(r))
         return cmd;
+    if (cmd == FAN_CMD_NONE && completes_early(r)) {
+        r->completed_early = 1;
+        return FAN_CMD_COMMIT;
+    }
     if ((cmd == FAN_CMD_PAUSE || cmd == FAN_CMD_STALL) &&
         fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE)
         step_out(r, cmd);

@@ -112,6 +112,8 @@ struct pgfan_receiver {
     atomic_int exited;                    /* the thread no longer touches conn */
     _Atomic uint64_t count[FAN_COUNTERS]; /* relaxed progress counters */
     uint64_t server_rows;                 /* PQcmdTuples at COMMAND_OK */
+    int completed_early; /* ended by complete_early, not by the verdict; written
+                            before the seq_cst store of a final state */
     struct timespec ended_at;
     fan_thread thread;
 };

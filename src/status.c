@@ -1,4 +1,6 @@
 /* Status codes, names, version and option defaults. */
+#include <string.h>
+
 #include "pgfan.h"
 
 unsigned int pgfan_version(void)
@@ -73,6 +75,7 @@ void pgfan_options_init(pgfan_options *opts)
 {
     if (!opts)
         return;
+    memset(opts, 0, sizeof *opts); /* every field added later starts at 0 */
     opts->ring_slots = 64;
     opts->chunk_bytes = 128 * 1024;
     opts->policy = PGFAN_POLICY_ABORT;
@@ -85,4 +88,5 @@ void pgfan_options_init(pgfan_options *opts)
     opts->start_timeout_ms = 0;
     opts->spill_limit = 0;
     opts->spill_dir = NULL;
+    opts->complete_early = 0;
 }

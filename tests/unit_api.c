@@ -91,6 +91,10 @@ START_TEST(bad_options_are_refused_and_ownership_stays)
     o.ring_slots = 48;
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
     o.ring_slots = 8;
+    o.complete_early = 1; /* only under drop */
+    ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
+    o.complete_early = 0;
+    o.ring_slots = 8;
     o.chunk_bytes = 100;
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
     /* Failed calls leave the producer ours: a good call can still take it. */
@@ -191,6 +195,7 @@ static pgfan_manager *make_paced_manager(feed *f, collect *c, size_t nrecv,
     o.spill_limit = spill_limit;
     if (rates)
         o.stall_timeout_ms = 1000; /* far below the paced receiver's time */
+    o.complete_early = policy == PGFAN_POLICY_DROP && rates;
     ck_assert_status(pgfan_producer_new_iterator(&p, PGFAN_FORMAT_TEXT, feed_next, f),
                      PGFAN_OK);
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_OK);
@@ -549,6 +554,64 @@ START_TEST(a_rate_limited_receiver_keeps_its_rate_and_slows_no_other)
 }
 END_TEST
 
+/* complete_early under drop: the free receiver ends its COPY and is
+ * reported while the paced one still trails; the caller may commit it at
+ * once, and (loop 1) an abort afterwards rolls back only the one that had
+ * not ended. */
+START_TEST(a_receiver_with_everything_completes_early_under_drop)
+{
+    size_t len;
+    char *data = make_rows(6000, &len);
+    feed f = {.data = data, .len = len, .piece = 4096, .fail_after = -1};
+    collect c[2] = {{.fail_at = -1}, {.fail_at = -1}};
+    uint64_t rates[2] = {0, len / 3};
+    pgfan_manager *m = make_paced_manager(&f, c, 2, PGFAN_POLICY_DROP, 64 << 20, rates);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_event ev;
+    pgfan_receiver_result rr;
+    do
+        ck_assert_status(pgfan_manager_next(m, &ev), PGFAN_OK);
+    while (ev.type == PGFAN_EVENT_PROGRESS);
+    ck_assert_int_eq(ev.type, PGFAN_EVENT_RECEIVER_DONE);
+    ck_assert_uint_eq(ev.receiver, 0);
+    ck_assert_status(pgfan_manager_receiver(m, 0, &rr), PGFAN_OK);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(rr.may_commit, 1);
+    ck_assert_uint_eq(rr.rows, 6000);
+    ck_assert_uint_eq(c[0].len, len);
+    ck_assert_status(pgfan_manager_receiver(m, 1, &rr), PGFAN_OK);
+    ck_assert_uint_lt(rr.bytes, len / 2); /* a third per second: seconds behind */
+    ck_assert_int_eq(rr.may_commit, 0);
+    if (_i == 1) {
+        ck_assert_status(pgfan_manager_abort(m, "test"), PGFAN_OK);
+        ck_assert_status(pgfan_manager_receiver(m, 1, &rr), PGFAN_OK);
+        ck_assert_int_ne(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_int_eq(rr.may_commit, 0);
+    } else {
+        do
+            ck_assert_status(pgfan_manager_next(m, &ev), PGFAN_OK);
+        while (ev.type == PGFAN_EVENT_PROGRESS);
+        ck_assert_int_eq(ev.type, PGFAN_EVENT_RECEIVER_DONE);
+        ck_assert_uint_eq(ev.receiver, 1);
+        do
+            ck_assert_status(pgfan_manager_next(m, &ev), PGFAN_OK);
+        while (ev.type == PGFAN_EVENT_PROGRESS);
+        ck_assert_int_eq(ev.type, PGFAN_EVENT_END);
+        ck_assert_status(pgfan_manager_finish(m), PGFAN_OK);
+        ck_assert_uint_eq(c[1].len, len);
+        ck_assert_int_eq(memcmp(c[1].buf, data, len), 0);
+    }
+    ck_assert_status(pgfan_manager_receiver(m, 0, &rr), PGFAN_OK);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(rr.may_commit, 1);
+    ck_assert_int_eq(memcmp(c[0].buf, data, len), 0);
+    for (size_t i = 0; i < 2; i++)
+        free(c[i].buf);
+    pgfan_manager_free(m);
+    free(data);
+}
+END_TEST
+
 START_TEST(paused_until_its_data_left_is_dropped_at_finish)
 {
     size_t len;
@@ -602,6 +665,8 @@ Suite *api_suite(void)
     tcase_add_loop_test(copies, a_slow_receiver_spills_and_rejoins_losing_nothing, 0, 2);
     tcase_add_test(copies, a_full_journal_turns_back_into_backpressure);
     tcase_add_test(copies, a_rate_limited_receiver_keeps_its_rate_and_slows_no_other);
+    tcase_add_loop_test(copies, a_receiver_with_everything_completes_early_under_drop, 0,
+                        2);
     suite_add_tcase(s, copies);
     return s;
 }

@@ -96,6 +96,8 @@ static pgfan_manager *build_manager(run *r)
     o.start_timeout_ms = r->opt.stall_timeout_ms; /* a target locked out of its COPY */
     o.spill_limit = r->opt.spill_limit;
     o.spill_dir = r->opt.spill_dir;
+    /* Under drop each target stands alone: it commits once it has it all. */
+    o.complete_early = r->opt.on_fault == PGFAN_POLICY_DROP && !r->opt.atomic;
     o.interrupt = &cli_interrupted;
     o.progress_ms = 250;
     if (r->opt.ring_slots)
@@ -175,6 +177,16 @@ static void note_progress(run *r, pgfan_manager *m)
     close(fd);
 }
 
+/* A target whose COPY ended before the others (--on-fault drop) commits
+ * now; one whose end failed is settled with the rest. */
+static void commit_if_done(run *r, pgfan_manager *m, size_t i)
+{
+    pgfan_receiver_result res;
+    if (pgfan_manager_receiver(m, i, &res) == PGFAN_OK && res.may_commit &&
+        !cli_interrupted)
+        commit_early(r, i, res.rows);
+}
+
 /* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
  * interrupted. */
 static int transfer(run *r, pgfan_manager *m)
@@ -201,6 +213,8 @@ static int transfer(run *r, pgfan_manager *m)
             progress_clear(&view);
             fail_from_fault(&f, &ev.fault);
             print_fail(r, &f);
+        } else if (ev.type == PGFAN_EVENT_RECEIVER_DONE) {
+            commit_if_done(r, m, ev.receiver);
         } else {
             note_progress(r, m);
             if (show)
@@ -249,6 +263,8 @@ static void collect(run *r, pgfan_manager *m)
         t->rows = res.rows;
         t->bytes = res.bytes;
         t->seconds = res.seconds;
+        if (r->early[i])
+            continue; /* settled when its COPY ended (commit_early) */
         if (res.has_fault && res.fault.receiver == (int)i) {
             cli_fail f;
             fail_from_fault(&f, &res.fault);

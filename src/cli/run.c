@@ -186,15 +186,19 @@ static int learn_encoding(run *r)
 /* Rolls back every open transaction.  A connection still busy (a COPY the
  * library gave up realigning) is closed instead: ROLLBACK would wait on it
  * forever, and closing it rolls its transaction back. */
+void rollback_one(run *r, size_t i)
+{
+    if (r->in_tx[i] && PQtransactionStatus(r->targets[i]) == PQTRANS_ACTIVE)
+        give_up(r, &r->targets[i]);
+    else if (r->in_tx[i] && PQstatus(r->targets[i]) == CONNECTION_OK)
+        exec_ok(r, &r->targets[i], "ROLLBACK", (int)i, NULL);
+    r->in_tx[i] = 0;
+}
+
 void rollback_all(run *r)
 {
-    for (size_t i = 0; i < r->opt.ntargets; i++) {
-        if (r->in_tx[i] && PQtransactionStatus(r->targets[i]) == PQTRANS_ACTIVE)
-            give_up(r, &r->targets[i]);
-        else if (r->in_tx[i] && PQstatus(r->targets[i]) == CONNECTION_OK)
-            exec_ok(r, &r->targets[i], "ROLLBACK", (int)i, NULL);
-        r->in_tx[i] = 0;
-    }
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        rollback_one(r, i);
 }
 
 int import_snapshot(run *r, PGconn **c, const char *id, cli_fail *f)

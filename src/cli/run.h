@@ -34,6 +34,7 @@ typedef struct run {
     int in_tx[MAX_TARGETS];    /* BEGIN done, neither COMMIT nor ROLLBACK yet */
     char gid[MAX_TARGETS][80]; /* prepared transaction, when --atomic */
     char xid[MAX_TARGETS][24]; /* each target's transaction, to settle a lost COMMIT */
+    int early[MAX_TARGETS];    /* committed as soon as its COPY ended (--on-fault drop) */
     char run_id[40];           /* random, unique across hosts and pid namespaces */
     FILE *report_file;         /* opened before any data moves */
     int stdout_closed;         /* standard output was closed when we started */
@@ -61,7 +62,9 @@ int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
                    const char *const *params, int who, cli_fail *f);
 void give_up(run *r, PGconn **c);
-/* Rolls back every open transaction (closing connections still busy). */
+/* Rolls back target i's open transaction, or every one (closing
+ * connections still busy). */
+void rollback_one(run *r, size_t i);
 void rollback_all(run *r);
 /* Opens a read-only repeatable-read transaction on *c that sees the
  * exported snapshot `id`.  Returns 0, or -1 with the reason in `f`. */

@@ -166,34 +166,39 @@ static target_outcome settle_lost_commit(run *r, size_t i)
     return OUTCOME_UNKNOWN;
 }
 
+/* COMMIT on target i; a lost answer is settled by asking the server.
+ * Returns 0 when it committed. */
+static int commit_one(run *r, size_t i)
+{
+    cli_fail f;
+    r->in_tx[i] = 0;
+    if (exec_ok(r, &r->targets[i], "COMMIT", (int)i, &f) == 0) {
+        r->report.targets[i].outcome = OUTCOME_COMMITTED;
+        return 0;
+    }
+    print_fail(r, &f);
+    note_error(&r->report.targets[i], &f);
+    if (!r->targets[i] || PQstatus(r->targets[i]) == CONNECTION_BAD) {
+        target_outcome o = settle_lost_commit(r, i);
+        r->report.targets[i].outcome = o;
+        if (o == OUTCOME_COMMITTED)
+            return 0;
+        fprintf(stderr,
+                "pgfan: target %zu: the COMMIT was lost with its connection; "
+                "its server says: %s\n",
+                i + 1, o == OUTCOME_FAILED ? "rolled back" : "unknown (check it)");
+    }
+    return -1;
+}
+
 /* Commits each candidate.  Under --on-fault abort, once one COMMIT failed
  * nobody else commits. */
 static void commit_each(run *r, const int *candidate)
 {
-    cli_fail f;
-    int stop = 0;
-    for (size_t i = 0; i < r->opt.ntargets && !stop; i++) {
-        if (!candidate[i])
-            continue;
-        r->in_tx[i] = 0;
-        if (exec_ok(r, &r->targets[i], "COMMIT", (int)i, &f) == 0) {
-            r->report.targets[i].outcome = OUTCOME_COMMITTED;
-            continue;
-        }
-        print_fail(r, &f);
-        note_error(&r->report.targets[i], &f);
-        if (!r->targets[i] || PQstatus(r->targets[i]) == CONNECTION_BAD) {
-            target_outcome o = settle_lost_commit(r, i);
-            r->report.targets[i].outcome = o;
-            if (o == OUTCOME_COMMITTED)
-                continue;
-            fprintf(stderr,
-                    "pgfan: target %zu: the COMMIT was lost with its connection; "
-                    "its server says: %s\n",
-                    i + 1, o == OUTCOME_FAILED ? "rolled back" : "unknown (check it)");
-        }
-        stop = r->opt.on_fault == PGFAN_POLICY_ABORT;
-    }
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        if (candidate[i] && commit_one(r, i) != 0 &&
+            r->opt.on_fault == PGFAN_POLICY_ABORT)
+            break;
     rollback_all(r);
 }
 
@@ -262,35 +267,63 @@ static int note_loaded(run *r, size_t i, cli_fail *f)
 }
 
 /*
- * What must happen on every target while everything can still roll back:
- * deferred constraints are checked now, not at COMMIT, the sequences of
- * copied serial and identity columns end at the source's values, and the
- * transaction's id is noted (to settle a COMMIT whose answer is lost).  A
- * target that fails here does not commit; under --on-fault abort, nobody
- * does.
+ * What must happen on target i while it can still roll back: deferred
+ * constraints are checked now, not at COMMIT, the sequences of copied
+ * serial and identity columns end at the source's values (unless
+ * `sequences` is 0), and the transaction's id is noted (to settle a COMMIT
+ * whose answer is lost).  Returns 0, or -1 when it must not commit.
  */
-static void before_commit(run *r, int *candidate)
+static int before_commit_one(run *r, size_t i, int sequences)
 {
     cli_fail f;
+    if (exec_ok(r, &r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) != 0 ||
+        (sequences && carry_sequences(r, i, &f) != 0) || note_loaded(r, i, &f) != 0) {
+        print_fail(r, &f);
+        note_error(&r->report.targets[i], &f);
+        return -1;
+    }
+    target_value(r, i, "SELECT txid_current()::text", NULL, r->xid[i], sizeof r->xid[i]);
+    return 0;
+}
+
+/* The same for every candidate; under --on-fault abort, one failure and
+ * nobody commits. */
+static void before_commit(run *r, int *candidate)
+{
     int failed = 0;
-    for (size_t i = 0; i < r->opt.ntargets; i++) {
-        if (!candidate[i])
-            continue;
-        if (exec_ok(r, &r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) !=
-                0 ||
-            carry_sequences(r, i, &f) != 0 || note_loaded(r, i, &f) != 0) {
-            print_fail(r, &f);
-            note_error(&r->report.targets[i], &f);
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        if (candidate[i] && before_commit_one(r, i, 1) != 0) {
             candidate[i] = 0;
             failed = 1;
-            continue;
         }
-        target_value(r, i, "SELECT txid_current()::text", NULL, r->xid[i],
-                     sizeof r->xid[i]);
-    }
     if (failed && r->opt.on_fault == PGFAN_POLICY_ABORT)
         for (size_t i = 0; i < r->opt.ntargets; i++)
             candidate[i] = 0;
+}
+
+void commit_early(run *r, size_t i, uint64_t rows)
+{
+    r->report.targets[i].rows = rows; /* noted with the commit (note_loaded) */
+    r->early[i] = 1;
+    if (before_commit_one(r, i, 0) != 0 || commit_one(r, i) != 0) {
+        if (r->report.targets[i].outcome != OUTCOME_UNKNOWN)
+            r->report.targets[i].outcome = OUTCOME_DROPPED;
+        rollback_one(r, i);
+    }
+}
+
+/* Sequences are not transactional: those of targets that committed early
+ * are set now, once the source's connection is free again. */
+static void carry_early_sequences(run *r)
+{
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        cli_fail f;
+        if (r->early[i] && r->report.targets[i].outcome == OUTCOME_COMMITTED &&
+            carry_sequences(r, i, &f) != 0) {
+            print_fail(r, &f);
+            note_error(&r->report.targets[i], &f);
+        }
+    }
 }
 
 /* Decides each target's fate and returns the exit code. */
@@ -300,6 +333,7 @@ int conclude(run *r)
     size_t ncand = 0, committed = 0, unknown = 0;
     for (size_t i = 0; i < r->opt.ntargets; i++)
         candidate[i] = !interrupted && r->report.targets[i].outcome == OUTCOME_PENDING;
+    carry_early_sequences(r);
     before_commit(r, candidate);
     for (size_t i = 0; i < r->opt.ntargets; i++)
         ncand += (size_t)candidate[i];

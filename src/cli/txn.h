@@ -11,6 +11,9 @@
 
 /* 128 random bits for the prepared transactions' ids. */
 void new_run_id(run *r);
+/* Under --on-fault drop: target i's COPY ended (with `rows`) while others
+ * still load; it commits now, on its own. */
+void commit_early(run *r, size_t i, uint64_t rows);
 /* Decides each target's fate after the copy (the targets the library says
  * may commit are pending) and returns the exit code. */
 int conclude(run *r);
