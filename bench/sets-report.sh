@@ -83,9 +83,12 @@ section() {
 
 touch RESULTS.md
 kept=$(awk -v m="$marker" '$0 == m { exit } { print }' RESULTS.md)
+# bench/throttle.sh owns everything from its marker on: keep it.
+after=$(awk '$0 == "<!-- throttled-target: written by bench/throttle.sh -->" { found = 1 } found' RESULTS.md)
 {
     [ -n "$kept" ] && printf '%s\n\n' "$kept"
     section
+    [ -n "$after" ] && printf '\n%s\n' "$after"
 } >RESULTS.md.new
 mv RESULTS.md.new RESULTS.md
 
