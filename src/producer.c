@@ -163,6 +163,28 @@ int fan_pack_message(fan_packer *k, const char *buf, size_t n, int is_row)
     return PGFAN_OK;
 }
 
+int fan_pack_message_take(fan_packer *k, char *buf, size_t n, int is_row,
+                          void (*release)(void *))
+{
+    if (n <= k->ring->chunk_bytes) {
+        int rc = fan_pack_message(k, buf, n, is_row);
+        release(buf);
+        return rc;
+    }
+    /* A huge row costs its size once here, not a doubling slot and a copy
+     * on top of libpq's buffer. */
+    fan_pack_publish(k);
+    if (!k->slot && !claim(k)) {
+        release(buf);
+        return PGFAN_EABORTED;
+    }
+    fan_ring_adopt(k->slot, buf, n, release);
+    k->slot->rows = (uint64_t)is_row;
+    add_progress(k->p, n, (uint64_t)is_row);
+    fan_pack_publish(k);
+    return PGFAN_OK;
+}
+
 int fan_pack_wait_source(fan_packer *k)
 {
     struct pollfd pfd = {.fd = PQsocket(k->p->conn), .events = POLLIN};

@@ -83,6 +83,11 @@ uint64_t fan_producer_rows(const pgfan_producer *p);
 
 /* Appends one whole message (a row, or part of the binary framing). */
 int fan_pack_message(fan_packer *k, const char *buf, size_t n, int is_row);
+/* The same for a buffer the packer may keep: one bigger than a slot
+ * becomes a slot of its own without being copied; `release` frees it
+ * (also on failure). */
+int fan_pack_message_take(fan_packer *k, char *buf, size_t n, int is_row,
+                          void (*release)(void *));
 /* Appends bytes that may split rows; rows are cut by the row scanner. */
 int fan_pack_bytes(fan_packer *k, const char *data, size_t len);
 /* Publishes the slot being filled, if it holds anything. */

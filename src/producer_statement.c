@@ -193,10 +193,9 @@ static int statement_run(fan_packer *k)
         char *buf = NULL;
         int n = PQgetCopyData(p->conn, &buf, 1);
         if (n > 0) {
-            int rc = fan_pack_message(k, buf, (size_t)n,
-                                      message_rows(p, buf, (size_t)n, first));
+            int rc = fan_pack_message_take(
+                k, buf, (size_t)n, message_rows(p, buf, (size_t)n, first), PQfreemem);
             first = 0;
-            PQfreemem(buf);
             if (rc != PGFAN_OK)
                 return rc;
             consumed = 0;

@@ -83,11 +83,25 @@ fail:
     return -1;
 }
 
+/* Gives an adopted buffer back to its producer and the slot its own. */
+static void slot_restore(fan_slot *s)
+{
+    if (!s->release)
+        return;
+    s->release(s->data);
+    s->data = s->own;
+    s->cap = s->own_cap;
+    s->own = NULL;
+    s->release = NULL;
+}
+
 void fan_ring_destroy(fan_ring *r)
 {
     if (r->slots)
-        for (uint64_t i = 0; i < r->nslots; i++)
+        for (uint64_t i = 0; i < r->nslots; i++) {
+            slot_restore(&r->slots[i]);
             free(r->slots[i].data);
+        }
     free(r->slots);
     for (size_t i = 0; i < r->nreaders; i++)
         fan_waiter_destroy(&r->readers[i].waiter);
@@ -181,8 +195,11 @@ fan_slot *fan_ring_claim(fan_ring *r)
     if (r->journal && r->journal->active &&
         atomic_load_explicit(&r->journal->spilled, memory_order_seq_cst) == 0)
         fan_journal_reset(r->journal);
-    /* A slot grown for a huge row goes back to its normal size when reused,
-     * so memory stays bounded by nslots x chunk_bytes between such rows. */
+    /* Every reader released the slot (the claim waited for it): an adopted
+     * buffer can go, and a slot grown for a huge row goes back to its
+     * normal size, so memory stays bounded by nslots x chunk_bytes between
+     * such rows. */
+    slot_restore(s);
     if (s->cap > r->chunk_bytes) {
         char *p = realloc(s->data, r->chunk_bytes);
         if (p) {
@@ -193,6 +210,16 @@ fan_slot *fan_ring_claim(fan_ring *r)
     s->len = 0;
     s->rows = 0;
     return s;
+}
+
+void fan_ring_adopt(fan_slot *s, char *buf, size_t n, void (*release)(void *))
+{
+    s->own = s->data;
+    s->own_cap = s->cap;
+    s->data = buf;
+    s->cap = n;
+    s->len = n;
+    s->release = release;
 }
 
 int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need)

@@ -59,6 +59,12 @@ typedef struct fan_slot {
     size_t len;    /* bytes of COPY data, whole rows only */
     size_t cap;    /* allocated bytes; may exceed chunk size for a huge row */
     uint64_t rows; /* rows whose data ends in this slot */
+    /* A huge message's buffer, adopted from the producer instead of copied
+     * (fan_ring_adopt): `data` is that buffer until the slot is claimed
+     * again, when `release` frees it and the slot's own comes back. */
+    void (*release)(void *);
+    char *own;
+    size_t own_cap;
 } fan_slot;
 
 enum fan_ring_state {
@@ -126,6 +132,9 @@ int fan_ring_wait_space(fan_ring *r, int timeout_ms);
 /* The slot at r->next, emptied; valid only after fan_ring_wait_space() == 1. */
 fan_slot *fan_ring_claim(fan_ring *r);
 /* Makes sure the claimed slot holds `need` bytes.  Returns 0 or -1 (ENOMEM). */
+/* Writer: makes the claimed, empty slot `s` hold `buf` (n bytes) without
+ * copying it; `release` frees it once every reader is done with the slot. */
+void fan_ring_adopt(fan_slot *s, char *buf, size_t n, void (*release)(void *));
 int fan_ring_reserve(fan_ring *r, fan_slot *s, size_t need);
 /* Marks the claimed slot filled.  Head moves once publish_batch slots are
  * filled, waking readers whose batch is complete. */

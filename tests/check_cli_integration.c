@@ -733,6 +733,43 @@ START_TEST(a_rate_limited_target_trails_while_the_others_load)
 }
 END_TEST
 
+/* Rows far bigger than a slot (up to 3 MB against 4 KiB slots, in a ring
+ * of two) travel in slots of their own, libpq's buffers adopted rather
+ * than copied: every target gets every value, in binary and in text. */
+START_TEST(rows_bigger_than_a_slot_arrive_whole)
+{
+    static const char *const formats[] = {"binary", "text"};
+    char table[64];
+    setup_databases();
+    pgt_name(table, sizeof table, "big");
+    for (int i = 0; i <= NT; i++) {
+        PGconn *c = db(i);
+        pgt_exec(c, "CREATE TABLE %s (id int, b bytea, t text)", table);
+        PQfinish(c);
+    }
+    PGconn *s = db(0);
+    pgt_exec(s,
+             "INSERT INTO %s SELECT g, decode(repeat(md5(g::text), CASE g %% 4 WHEN 0 "
+             "THEN 1 WHEN 1 THEN 200 WHEN 2 THEN 20000 ELSE 100000 END), 'hex'), "
+             "repeat(chr(233), g %% 3 * 30000) FROM generate_series(1, 40) g",
+             table);
+    PQfinish(s);
+    char *want = source_checksum(table);
+    for (size_t f = 0; f < 2; f++) {
+        cli_run r =
+            run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                    conninfo[3], "--table", table, "--format", formats[f], "--chunk-size",
+                    "4096", "--ring-slots", "2", "--truncate", "--no-progress", NULL);
+        ck_assert_msg(r.code == 0, "%s: exit %d: %s", formats[f], r.code, r.err);
+        for (int i = 1; i <= NT; i++)
+            assert_target(i, table, want);
+        cli_free(&r);
+    }
+    free(want);
+    drop_tables(table);
+}
+END_TEST
+
 /* A deferred constraint the data violates fails before the first COMMIT,
  * so under --on-fault abort no target commits (it used to fail only at its
  * own COMMIT, after others had committed). */
@@ -1090,6 +1127,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, help_and_version);
     tcase_add_test(tc, query_into_a_named_table);
     tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
+    tcase_add_test(tc, rows_bigger_than_a_slot_arrive_whole);
     tcase_add_test(tc, report_failures_never_misstate_the_outcome);
     tcase_add_test(tc, source_failure_is_named_in_the_report);
     tcase_add_test(tc, the_source_table_is_never_its_own_target);
