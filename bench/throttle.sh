@@ -3,7 +3,7 @@
 # limited to a third of the speed the others reach, and the "Throttled
 # target" section of bench/RESULTS.md.
 #
-#   bench/throttle.sh    (BENCH_THROTTLE_ROWS, default 3000000;
+#   bench/throttle.sh    (BENCH_THROTTLE_ROWS, default 2000000;
 #                         BENCH_THROTTLE_REPEAT, default 3)
 #
 # Runs, each round, every target on its own throwaway server:
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
-rows=${BENCH_THROTTLE_ROWS:-3000000}
+rows=${BENCH_THROTTLE_ROWS:-2000000}
 repeat=${BENCH_THROTTLE_REPEAT:-3}
 raw=$top/bench/throttle-raw.txt
 : >"$raw"
