@@ -180,6 +180,20 @@ static char *make_rows(size_t nrows, size_t *len)
     return p;
 }
 
+/* Every receiver DONE with exactly `data`; frees what they collected. */
+static void assert_all_got_everything(pgfan_manager *m, collect *c, size_t n,
+                                      const char *data, size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        pgfan_receiver_result rr;
+        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
+        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+        ck_assert_uint_eq(c[i].len, len);
+        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
+        free(c[i].buf);
+    }
+}
+
 static pgfan_manager *make_paced_manager(feed *f, collect *c, size_t nrecv,
                                          pgfan_policy policy, uint64_t spill_limit,
                                          const uint64_t *rates)
@@ -495,14 +509,7 @@ START_TEST(a_full_journal_turns_back_into_backpressure)
     ck_assert_status(pgfan_manager_progress(m, &pr), PGFAN_OK);
     ck_assert_uint_gt(pr.spill_peak_bytes, 0);
     ck_assert_uint_le(pr.spill_peak_bytes, limit);
-    for (size_t i = 0; i < 2; i++) {
-        pgfan_receiver_result rr;
-        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
-        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
-        ck_assert_uint_eq(c[i].len, len);
-        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
-        free(c[i].buf);
-    }
+    assert_all_got_everything(m, c, 2, data, len);
     pgfan_manager_free(m);
     free(data);
 }
@@ -540,14 +547,7 @@ START_TEST(a_rate_limited_receiver_keeps_its_rate_and_slows_no_other)
     double took = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     ck_assert_double_ge(took, 3.0 * 0.8);
     ck_assert_uint_lt(paced_when_fast_done, len / 2);
-    for (size_t i = 0; i < 2; i++) {
-        pgfan_receiver_result rr;
-        ck_assert_status(pgfan_manager_receiver(m, i, &rr), PGFAN_OK);
-        ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
-        ck_assert_uint_eq(c[i].len, len);
-        ck_assert_int_eq(memcmp(c[i].buf, data, len), 0);
-        free(c[i].buf);
-    }
+    assert_all_got_everything(m, c, 2, data, len);
     ck_assert_uint_eq(pgfan_manager_fault_count(m), 0);
     pgfan_manager_free(m);
     free(data);
