@@ -13,6 +13,7 @@ section=$(awk -v when="$(date -u '+%Y-%m-%d %H:%M UTC')" -v m="$marker" '
     function max(a, b) { return a > b ? a : b }
     $1 == "bytes" { bytes = $2; rate = $4; rows = $6; next }
     $1 == "rss_kb" { rss = $2; peak = $4; next }
+    $1 ~ /^huge_/ { huge[substr($1, 6)] = $2; next }
     $2 == "fast-alone" { fast[$2] = fast[$2] " " max($3, $4); rounds = $1; next }
     $2 == "slow-alone" { slow[$2] = slow[$2] " " $5; next }
     { fast[$2] = fast[$2] " " max($3, $4); slow[$2] = slow[$2] " " $5 }
@@ -47,6 +48,13 @@ section=$(awk -v when="$(date -u '+%Y-%m-%d %H:%M UTC')" -v m="$marker" '
         printf "sets everyone'"'"'s pace: the fast ones take %.2f x and %.2f x.\n", jf["backpressure"], jf["tee"]
         printf "The journal run'"'"'s peak RSS (GNU time) was %.1f MB; its journal peaked at\n", rss / 1024
         printf "%.1f MB on disk. Raw figures: `throttle-raw.txt`.\n", peak / 1e6
+        if ("binary" in huge) {
+            print ""
+            print "One row of 200 MiB (a bytea; 400 MiB as COPY text) to one target, peak RSS"
+            print "(GNU time): pgfan binary " sprintf("%.0f MiB (%.2f x the row)", huge["binary"] / 1024, huge["binary"] / 1024 / 200) ","
+            print "pgfan text " sprintf("%.0f MiB (%.2f x)", huge["text"] / 1024, huge["text"] / 1024 / 400) ", and psql merely reading it as text " sprintf("%.0f MiB (%.2f x).", huge["psql"] / 1024, huge["psql"] / 1024 / 400)
+            print "Both hold libpq'"'"'s input buffer and the row; pgfan adds no copy of its own."
+        }
         print ""
         print "```"
         print "./dev bench throttle    # BENCH_THROTTLE_ROWS, BENCH_THROTTLE_REPEAT to change"

@@ -14,6 +14,7 @@
 #   backpressure   the same with --spill-limit 0: the slow one sets the pace
 #   tee            psql COPY TO STDOUT | tee into 2 psql COPY FROM STDIN, the
 #                  third behind pv -L RATE
+# and the peak RSS of pgfan (and of psql reading it) for one 200 MiB row.
 # RATE is a third of the bytes per second the fast targets reach alone in a
 # calibration run.  A target's time runs from the start of the run to the
 # end of its COPY (pgfan's report; for tee, when its psql exits).  Every
@@ -120,5 +121,18 @@ say "peak RSS of the journal run (GNU time)"
     --max-rate "3=$rate" --on-fault drop --report "$work/rss.json"
 peak=$(grep -o '"spill_peak_bytes": [0-9]*' "$work/rss.json" | grep -o '[0-9]*$')
 echo "rss_kb $(cat "$work/rss") spill_peak $peak" >>"$raw"
+
+# Peak RSS for one 200 MiB bytea row: 200 MiB in binary, 400 MiB in text.
+say "peak RSS for a 200 MiB row (GNU time)"
+psql "$src" -qX -c "CREATE TABLE huge (id int, b bytea)" \
+    -c "INSERT INTO huge SELECT 1, convert_to(repeat('x', 200 * 1024 * 1024), 'UTF8')"
+psql "${tgt[0]}" -qX -c "CREATE TABLE huge (id int, b bytea)"
+for f in binary text; do
+    /usr/bin/time -o "$work/rss" -f '%M' "$pgfan" -s "$src" -t "${tgt[0]}" --table huge \
+        --format "$f" --truncate --no-progress --quiet
+    echo "huge_$f $(cat "$work/rss")" >>"$raw"
+done
+/usr/bin/time -o "$work/rss" -f '%M' psql "$src" -qX -c "COPY huge TO STDOUT" >/dev/null
+echo "huge_psql $(cat "$work/rss")" >>"$raw"
 
 bash bench/throttle-report.sh
