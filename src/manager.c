@@ -455,8 +455,10 @@ static int everyone_has_everything(pgfan_manager *m, int paused_count)
             continue;
         live++;
         enum fan_command cmd = fan_receiver_command_of(r);
-        if ((fan_receiver_drained(r) && fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE &&
-             cmd == FAN_CMD_NONE) ||
+        /* With complete_early a drained receiver ends its COPY itself:
+         * it is ready once it has (and is no longer live). */
+        if ((!m->shared.opts.complete_early && fan_receiver_drained(r) &&
+             fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE && cmd == FAN_CMD_NONE) ||
             (paused_count && cmd == FAN_CMD_PAUSE))
             ready++;
     }
