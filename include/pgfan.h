@@ -147,6 +147,8 @@ typedef struct pgfan_fault {
     int receiver;     /* receiver index, PGFAN_PRODUCER_INDEX or PGFAN_MANAGER_INDEX */
     int code;         /* a pgfan_status */
     int reconcilable; /* the receiver can resume: pgfan_manager_reconcile() */
+    int retryable;    /* the receiver lost its connection and can be reloaded
+                         from the start on a new one: pgfan_manager_retry() */
     char sqlstate[6];
     char message[PGFAN_MESSAGE_MAX]; /* what went wrong, without the party's name */
     char label[128];                 /* the party: a receiver's label, "source" */
@@ -209,6 +211,14 @@ typedef struct pgfan_options {
                                                pgfan_manager_next() reports
                                                PGFAN_EVENT_RECEIVER_DONE; an
                                                abort no longer rolls it back.
+                                               Default 0 */
+    unsigned int retries;                   /* how many times each statement
+                                               receiver that loses its
+                                               connection may be reloaded with
+                                               pgfan_manager_retry(); needs
+                                               spill_limit > 0, as the journal
+                                               then keeps the whole stream (a
+                                               write of every byte to disk).
                                                Default 0 */
 } pgfan_options;
 
@@ -371,6 +381,20 @@ PGFAN_EXTERN int pgfan_manager_abort(pgfan_manager *manager, const char *reason)
 PGFAN_EXTERN int pgfan_manager_reconcile(pgfan_manager *manager, size_t index);
 
 /*
+ * Reloads a receiver that lost its connection (a fault marked `retryable`,
+ * held for fault_hold_ms) on `conn`, a new connection that is idle or in a
+ * transaction block the caller opened (say, after a TRUNCATE): its COPY
+ * statement runs there again and the whole stream is replayed from the
+ * spill journal, then it re-joins the others.  The old connection is no
+ * longer used by the library once the fault was reported.  Returns
+ * PGFAN_EGONE when the journal no longer holds the whole stream (it filled
+ * up), PGFAN_ESTATE when the receiver is not waiting to be retried or has
+ * used its pgfan_options.retries, PGFAN_EINVAL for a NULL or shared `conn`.
+ * The retry itself may fault again.
+ */
+PGFAN_EXTERN int pgfan_manager_retry(pgfan_manager *manager, size_t index, PGconn *conn);
+
+/*
  * Drops a receiver: CopyFail, rolled back, out of the gating set.  With
  * PGFAN_POLICY_ABORT this fails the copy.
  */
@@ -423,12 +447,13 @@ typedef struct pgfan_receiver_result {
     int has_fault;  /* `fault` is valid */
     pgfan_fault fault;
     char label[128];
-    uint64_t notices; /* notices its server sent during the copy (counted when
-                         the connection has libpq's default notice receiver) */
-    int may_commit;   /* after finish: its COPY completed (DONE) and the copy as a
-                         whole allows it to commit (policy abort: every receiver
-                         succeeded; drop: the source ended and it did); with
-                         complete_early, also as soon as it ended early */
+    uint64_t notices;     /* notices its server sent during the copy (counted when
+                             the connection has libpq's default notice receiver) */
+    int may_commit;       /* after finish: its COPY completed (DONE) and the copy as a
+                             whole allows it to commit (policy abort: every receiver
+                             succeeded; drop: the source ended and it did); with
+                             complete_early, also as soon as it ended early */
+    unsigned int retries; /* times it was reloaded (pgfan_manager_retry()) */
 } pgfan_receiver_result;
 
 PGFAN_EXTERN int pgfan_manager_receiver(const pgfan_manager *manager, size_t index,

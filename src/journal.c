@@ -79,22 +79,28 @@ static int write_all(int fd, const void *buf, size_t n, uint64_t at)
     return 0;
 }
 
+/* The budget (or the disk) ran out: no more appends until a reset. */
+static int overflow(fan_journal *j)
+{
+    j->full = 1;
+    /* J4: seq_cst, before the writer's next scan_min() loads `spilled`. */
+    if (j->keep)
+        atomic_store_explicit(&j->overflowed, 1, memory_order_seq_cst);
+    return -1;
+}
+
 int fan_journal_append(fan_journal *j, const fan_slot *s)
 {
     if (j->full)
         return -1;
     uint64_t need = sizeof(record_header) + s->len;
-    if (j->size + need > j->limit) {
-        j->full = 1;
-        return -1;
-    }
+    if (j->size + need > j->limit)
+        return overflow(j);
     if (j->noffsets == j->cap) {
         size_t cap = j->cap ? j->cap * 2 : 1024;
         uint64_t *p = realloc(j->offsets, cap * sizeof *p);
-        if (!p) {
-            j->full = 1;
-            return -1;
-        }
+        if (!p)
+            return overflow(j);
         j->offsets = p;
         j->cap = cap;
     }
@@ -102,8 +108,7 @@ int fan_journal_append(fan_journal *j, const fan_slot *s)
     record_header h = {.seq = seq, .len = s->len, .rows = s->rows};
     if (write_all(j->fd, &h, sizeof h, j->size) != 0 ||
         write_all(j->fd, s->data, s->len, j->size + sizeof h) != 0) {
-        j->full = 1; /* ENOSPC or an I/O error: as if the budget ran out */
-        return -1;
+        return overflow(j); /* ENOSPC or an I/O error: as if the budget ran out */
     }
     j->offsets[j->noffsets++] = j->size;
     j->size += need;
@@ -122,6 +127,8 @@ uint64_t fan_journal_offset(const fan_journal *j, uint64_t seq)
 
 void fan_journal_reset(fan_journal *j)
 {
+    if (j->keep)
+        return; /* retries may replay it from the start */
     j->active = 0;
     j->full = 0;
     j->size = 0;

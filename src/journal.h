@@ -24,6 +24,12 @@
  *  J3 retire: a reader's last pread() precedes its seq_cst decrement of
  *     `spilled`; the writer loads `spilled` (seq_cst) == 0 before it
  *     truncates and reuses the file.
+ *  J4 replay (a kept journal, for retries): a reader that re-reads the
+ *     stream from its start increments `spilled`, then loads `overflowed`
+ *     (both seq_cst); the writer stores `overflowed` when the journal fills,
+ *     then loads `spilled` in every later scan_min (seq_cst).  So either the
+ *     writer keeps the slot at `end` for that reader to re-join at, or the
+ *     reader sees that the journal is not whole and gives up.
  */
 #ifndef FAN_JOURNAL_H
 #define FAN_JOURNAL_H
@@ -37,6 +43,8 @@ typedef struct fan_slot fan_slot;
 typedef struct fan_journal {
     int fd;
     uint64_t limit; /* bytes the file may hold */
+    int keep;       /* set before start: hold the whole stream from its first
+                       slot (for retries), never reset */
     /* Writer-private. */
     int active;        /* appending every published slot */
     int full;          /* the budget (or the disk) ran out: no more appends */
@@ -50,6 +58,7 @@ typedef struct fan_journal {
     _Atomic uint64_t bytes;      /* relaxed: size, for progress */
     _Atomic uint64_t peak_bytes; /* relaxed: the largest size reached */
     atomic_int spilled;          /* readers asked to read it or reading it (J3) */
+    atomic_int overflowed;       /* kept, but no longer whole: it filled up (J4) */
 } fan_journal;
 
 /* Creates the (unlinked) file in `dir` (NULL: $TMPDIR or /tmp).  Returns 0,
@@ -66,8 +75,15 @@ void fan_journal_start(fan_journal *j, uint64_t seq);
 int fan_journal_append(fan_journal *j, const fan_slot *s);
 /* The offset of record `seq` (first <= seq < end). */
 uint64_t fan_journal_offset(const fan_journal *j, uint64_t seq);
-/* No reader needs it any more (J3): empties the file, stops journaling. */
+/* No reader needs it any more (J3): empties the file, stops journaling.
+ * A kept journal is never reset. */
 void fan_journal_reset(fan_journal *j);
+
+/* A kept journal still holds the whole stream (J4). */
+static inline int fan_journal_whole(fan_journal *j)
+{
+    return j->keep && !atomic_load_explicit(&j->overflowed, memory_order_seq_cst);
+}
 
 /* ---- readers ---- */
 

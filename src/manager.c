@@ -26,6 +26,7 @@ typedef struct receiver_watch {
     struct timespec hold_until; /* a reconcilable fault waits until then */
     int holding;
     int done_reported; /* complete_early: PGFAN_EVENT_RECEIVER_DONE given */
+    PGconn *conn;      /* the connection it uses (changed by a retry) */
 } receiver_watch;
 
 struct pgfan_manager {
@@ -57,6 +58,8 @@ int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
         return PGFAN_EINVAL;
     if (o.complete_early && o.policy != PGFAN_POLICY_DROP)
         return PGFAN_EINVAL; /* under abort, everyone commits or nobody */
+    if (o.retries && !o.spill_limit)
+        return PGFAN_EINVAL; /* a reload replays the journal */
     if (o.progress_ms == 0)
         o.progress_ms = 100;
     pgfan_manager *m = calloc(1, sizeof *m);
@@ -72,6 +75,17 @@ int pgfan_manager_new(pgfan_manager **out, pgfan_producer *producer,
     return PGFAN_OK;
 }
 
+/* Whether the source or a receiver other than `except` runs on `conn`. */
+static int uses_conn(const pgfan_manager *m, PGconn *conn, size_t except)
+{
+    if (conn == fan_producer_conn(m->producer))
+        return 1;
+    for (size_t i = 0; i < m->nreceivers; i++)
+        if (i != except && m->watch[i].conn == conn)
+            return 1;
+    return 0;
+}
+
 int pgfan_manager_add_receiver(pgfan_manager *m, pgfan_receiver *r, size_t *index)
 {
     if (!m || !r || fan_receiver_is_attached(r))
@@ -79,11 +93,8 @@ int pgfan_manager_add_receiver(pgfan_manager *m, pgfan_receiver *r, size_t *inde
     if (m->phase != FAN_PHASE_NEW)
         return PGFAN_ESTATE;
     PGconn *conn = fan_receiver_conn(r);
-    if (conn && conn == fan_producer_conn(m->producer))
+    if (conn && uses_conn(m, conn, m->nreceivers))
         return PGFAN_EINVAL; /* one connection cannot run two COPYs */
-    for (size_t i = 0; i < m->nreceivers; i++)
-        if (conn && fan_receiver_conn(m->receivers[i]) == conn)
-            return PGFAN_EINVAL;
     if (m->nreceivers == m->receivers_cap) {
         size_t cap = m->receivers_cap ? m->receivers_cap * 2 : 4;
         pgfan_receiver **p = realloc(m->receivers, cap * sizeof *p);
@@ -96,6 +107,7 @@ int pgfan_manager_add_receiver(pgfan_manager *m, pgfan_receiver *r, size_t *inde
         m->receivers_cap = cap;
     }
     memset(&m->watch[m->nreceivers], 0, sizeof *m->watch);
+    m->watch[m->nreceivers].conn = conn;
     fan_receiver_attach(r, m->nreceivers, &m->shared);
     m->receivers[m->nreceivers++] = r;
     if (index)
@@ -306,7 +318,7 @@ static void apply_policy(pgfan_manager *m, const pgfan_fault *f)
     size_t i = (size_t)f->receiver;
     if (fan_state_is_final(fan_receiver_state(m->receivers[i])))
         return; /* a fault while ending: recorded, nothing to decide */
-    if (f->reconcilable && m->shared.opts.fault_hold_ms > 0) {
+    if ((f->reconcilable || f->retryable) && m->shared.opts.fault_hold_ms > 0) {
         fan_deadline(&m->watch[i].hold_until, m->shared.opts.fault_hold_ms);
         m->watch[i].holding = 1;
         return;
@@ -566,6 +578,27 @@ int pgfan_manager_reconcile(pgfan_manager *m, size_t index)
     return rejoin(m, index);
 }
 
+int pgfan_manager_retry(pgfan_manager *m, size_t index, PGconn *conn)
+{
+    pgfan_receiver *r = steerable(m, index);
+    if (!r)
+        return refused(m, index);
+    if (!conn || uses_conn(m, conn, index))
+        return PGFAN_EINVAL;
+    pgfan_fault f;
+    if (!m->watch[index].holding || fan_receiver_state(r) != PGFAN_RECEIVER_FAULTED ||
+        !fan_shared_receiver_fault(&m->shared, index, &f) || !f.retryable)
+        return PGFAN_ESTATE;
+    if (!fan_journal_whole(&m->shared.journal))
+        return PGFAN_EGONE; /* checked again by the receiver (J4) */
+    m->watch[index].holding = 0;
+    m->watch[index].conn = conn;
+    fan_shared_forget_receiver_fault(&m->shared, index);
+    r->retry_conn = conn; /* the thread takes it after loading the command */
+    fan_receiver_command(r, FAN_CMD_RETRY);
+    return PGFAN_OK;
+}
+
 int pgfan_manager_drop(pgfan_manager *m, size_t index)
 {
     pgfan_receiver *r = steerable(m, index);
@@ -822,6 +855,7 @@ int pgfan_manager_receiver(const pgfan_manager *m, size_t index,
     out->has_fault =
         fan_shared_receiver_fault((fan_shared *)&m->shared, index, &out->fault);
     out->may_commit = may_commit(m, r, out->state);
+    out->retries = (unsigned int)fan_receiver_count(r, FAN_COUNT_RETRIES);
     return PGFAN_OK;
 }
 

@@ -196,10 +196,53 @@ static void set_state(pgfan_receiver *r, pgfan_receiver_state s)
     atomic_store_explicit(&r->state, (int)s, memory_order_seq_cst);
 }
 
+/* ---- retries ---- */
+
+/* The server went away (restart, crash, terminated backend, network): a
+ * new connection may well succeed where this one failed. */
+static int connection_lost(PGconn *conn, const char *sqlstate)
+{
+    return PQstatus(conn) == CONNECTION_BAD || strncmp(sqlstate, "08", 2) == 0 ||
+           strcmp(sqlstate, "57P01") == 0 || strcmp(sqlstate, "57P02") == 0 ||
+           strcmp(sqlstate, "57P03") == 0;
+}
+
+/* A fault a reload may fix: a statement receiver lost its connection
+ * before the copy's verdict, has retries left, and the kept journal still
+ * holds the whole stream. */
+static int may_retry(pgfan_receiver *r, const pgfan_fault *f)
+{
+    fan_shared *s = r->shared;
+    return r->conn && r->retries < s->opts.retries && s->journal_ready &&
+           fan_journal_whole(&s->journal) && fan_shared_verdict(s) == FAN_VERDICT_NONE &&
+           connection_lost(r->conn, f->sqlstate);
+}
+
+/* Before a retryable fault is reported: the connection goes back to the
+ * caller, who may close it at once, and the others no longer wait for us. */
+static void let_go(pgfan_receiver *r)
+{
+    fan_ring *ring = fan_receiver_ring(r);
+    r->ops->leave(r);
+    r->conn = NULL;
+    r->in_copy = 0;
+    r->slot_sent = 0;
+    r->has_deadline = 0;
+    r->cancel_pending = 0;
+    r->journaling = 0;
+    if (fan_ring_is_gating(ring, r->index))
+        fan_ring_leave(ring, r->index);
+    fan_ring_spill_done(ring, r->index);
+}
+
 void fan_receiver_raise_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state)
 {
     f->bytes = fan_receiver_count(r, FAN_COUNT_BYTES);
     f->rows = fan_receiver_count(r, FAN_COUNT_ROWS);
+    if (state == PGFAN_RECEIVER_FAULTED && may_retry(r, f)) {
+        f->retryable = 1;
+        let_go(r);
+    }
     set_state(r, state);
     fan_shared_post_fault(r->shared, f);
 }
@@ -438,6 +481,64 @@ static void resume(pgfan_receiver *r)
     set_state(r, PGFAN_RECEIVER_ACTIVE);
 }
 
+static void replay_fault(pgfan_receiver *r)
+{
+    pgfan_fault f;
+    fan_fault_set(&f, (int)r->index, r->label, PGFAN_EGONE,
+                  "cannot be reloaded: the spill journal filled up and no longer "
+                  "holds the whole stream");
+    fan_receiver_raise(r, &f);
+}
+
+/*
+ * A retry: the COPY again on the caller's new connection, and the whole
+ * stream from the kept journal's first record; the receiver re-joins the
+ * ring once it has caught up (journal_step).
+ */
+static void reload(pgfan_receiver *r)
+{
+    int expect = FAN_CMD_RETRY;
+    /* seq_cst: a command stored meanwhile (abort, drop) wins. */
+    if (!atomic_compare_exchange_strong_explicit(&r->command, &expect, FAN_CMD_NONE,
+                                                 memory_order_seq_cst,
+                                                 memory_order_seq_cst))
+        return;
+    fan_ring *ring = fan_receiver_ring(r);
+    pgfan_format format = r->format;
+    int nfields = r->nfields;
+    pgfan_fault f;
+    r->conn = r->retry_conn; /* stored before the command we loaded */
+    r->retry_conn = NULL;
+    r->retries++;
+    fan_receiver_count_add(r, FAN_COUNT_RETRIES, 1);
+    fan_ring_spill_replay(ring, r->index);
+    /* J4: after counting ourselves as a journal reader. */
+    if (!fan_journal_whole(ring->journal)) {
+        replay_fault(r);
+        return;
+    }
+    memset(&f, 0, sizeof f);
+    if (fan_receiver_send_begin(r, &f) != PGFAN_OK ||
+        fan_receiver_finish_begin(r, format, nfields, &f) != PGFAN_OK) {
+        fan_receiver_raise(r, &f);
+        return;
+    }
+    r->ops->enter(r);
+    /* Relaxed, as every counter: it starts over. */
+    atomic_store_explicit(&r->count[FAN_COUNT_BYTES], 0, memory_order_relaxed);
+    atomic_store_explicit(&r->count[FAN_COUNT_ROWS], 0, memory_order_relaxed);
+    /* seq_cst, as in end_or_wait(): the manager must not take the old
+     * drained for this run's. */
+    atomic_store_explicit(&r->drained, 0, memory_order_seq_cst);
+    fan_ring_set_cursor(ring, r->index, 0);
+    r->journaling = 1;
+    r->jseq = 0; /* a kept journal starts at the first slot, at offset 0 */
+    r->joffset = 0;
+    r->jloaded = 0;
+    r->pacing = 0;
+    set_state(r, PGFAN_RECEIVER_ACTIVE);
+}
+
 /* Acts on a command.  Returns the command that ends the copy for this
  * receiver, or FAN_CMD_NONE to go on. */
 static enum fan_command obey(pgfan_receiver *r, int *acted)
@@ -457,6 +558,8 @@ static enum fan_command obey(pgfan_receiver *r, int *acted)
         step_out(r, cmd);
     else if (cmd == FAN_CMD_RESUME)
         resume(r);
+    else if (cmd == FAN_CMD_RETRY)
+        reload(r);
     else if (fan_receiver_state(r) == PGFAN_RECEIVER_ACTIVE && !r->journaling &&
              fan_ring_spill_asked(fan_receiver_ring(r), r->index))
         spill_out(r);

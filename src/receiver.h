@@ -32,7 +32,8 @@ enum fan_command {
     FAN_CMD_DROP,   /* drop this receiver: CopyFail, leave the gating set */
     FAN_CMD_PAUSE,  /* leave the gating set and wait (the caller asked) */
     FAN_CMD_STALL,  /* leave the gating set and report a stall fault */
-    FAN_CMD_RESUME  /* resume from the cursor (the manager re-joined it) */
+    FAN_CMD_RESUME, /* resume from the cursor (the manager re-joined it) */
+    FAN_CMD_RETRY   /* reload from the journal's start on `retry_conn` */
 };
 
 /* A receiver's progress counters: bytes and rows handed over, bytes moved
@@ -42,7 +43,8 @@ enum fan_receiver_counter {
     FAN_COUNT_ROWS,
     FAN_COUNT_MOVED,
     FAN_COUNT_NOTICES,
-    FAN_COUNT_PACED, /* waits for max_rate: not a stall */
+    FAN_COUNT_PACED,   /* waits for max_rate: not a stall */
+    FAN_COUNT_RETRIES, /* reloads after a lost connection */
     FAN_COUNTERS
 };
 
@@ -102,6 +104,10 @@ struct pgfan_receiver {
     double tokens; /* bytes that may go now; negative: owed */
     struct timespec paced_at;
     int pacing;
+    /* retries: the manager stores retry_conn before its seq_cst store of
+     * FAN_CMD_RETRY; the thread takes it after loading that command */
+    PGconn *retry_conn;
+    unsigned int retries; /* this thread only */
     /* call kind */
     pgfan_call_fn call;
     void *call_arg;

@@ -474,6 +474,8 @@ static void statement_enter(pgfan_receiver *r)
 
 static void statement_leave(pgfan_receiver *r)
 {
+    if (!r->conn)
+        return; /* let go of after a lost connection */
     remove_notice_counter(r);
     PQsetnonblocking(r->conn, 0);
 }

@@ -429,6 +429,14 @@ void fan_ring_spill_done(fan_ring *r, size_t reader)
         atomic_fetch_sub_explicit(&r->journal->spilled, 1, memory_order_seq_cst);
 }
 
+void fan_ring_spill_replay(fan_ring *r, size_t reader)
+{
+    fan_reader *rd = &r->readers[reader];
+    /* J4: counted (seq_cst) before the caller loads `overflowed`. */
+    atomic_fetch_add_explicit(&r->journal->spilled, 1, memory_order_seq_cst);
+    atomic_store_explicit(&rd->spill, FAN_SPILL_READING, memory_order_seq_cst);
+}
+
 void fan_ring_rejoin_held(fan_ring *r, size_t reader)
 {
     /* E4 as in fan_ring_join(); no check of head is needed. */

@@ -220,6 +220,9 @@ void fan_ring_spill_take(fan_ring *r, size_t reader, uint64_t *seq, uint64_t *of
 void fan_ring_rejoin_held(fan_ring *r, size_t reader);
 /* The reader reads the journal no more (re-joined, or ended) (J3). */
 void fan_ring_spill_done(fan_ring *r, size_t reader);
+/* A reader out of the gating set starts reading a kept journal from its
+ * first record (a retry); it must then check fan_journal_whole() (J4). */
+void fan_ring_spill_replay(fan_ring *r, size_t reader);
 /* Moves the cursor of a reader outside the gating set, for fan_ring_join()
  * and for lag reports. */
 static inline void fan_ring_set_cursor(fan_ring *r, size_t reader, uint64_t cursor)

@@ -50,6 +50,12 @@ int fan_shared_start(fan_shared *s, size_t nreceivers)
             return errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ESYSTEM;
         s->journal_ready = 1;
         s->ring.journal = &s->journal;
+        if (s->opts.retries > 0) {
+            /* Before any thread runs: the journal holds the stream from its
+             * first slot, so a receiver can be reloaded from the start. */
+            s->journal.keep = 1;
+            fan_journal_start(&s->journal, 0);
+        }
     }
     s->opts.spill_dir = NULL; /* the caller's string, not needed any more */
     return PGFAN_OK;
@@ -126,6 +132,14 @@ int fan_shared_receiver_fault(fan_shared *s, size_t i, pgfan_fault *out)
         *out = s->first[i];
     pthread_mutex_unlock(&s->lock);
     return got;
+}
+
+void fan_shared_forget_receiver_fault(fan_shared *s, size_t i)
+{
+    pthread_mutex_lock(&s->lock);
+    if (i < s->nreceivers)
+        s->has_first[i] = 0;
+    pthread_mutex_unlock(&s->lock);
 }
 
 size_t fan_shared_fault_count(fan_shared *s)

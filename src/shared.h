@@ -41,7 +41,7 @@ typedef struct fan_shared {
     pthread_mutex_t lock; /* the fault log below */
     pgfan_fault *faults;
     size_t nfaults, faults_cap;
-    pgfan_fault *first; /* per receiver: its first fault */
+    pgfan_fault *first; /* per receiver: its first fault (since its last retry) */
     unsigned char *has_first;
     size_t nreceivers;
 
@@ -85,6 +85,9 @@ static inline enum fan_verdict fan_shared_verdict(fan_shared *s)
 /* Copies out fault k, or receiver i's first fault.  Return 1 if there is one. */
 int fan_shared_fault(fan_shared *s, size_t k, pgfan_fault *out);
 int fan_shared_receiver_fault(fan_shared *s, size_t i, pgfan_fault *out);
+/* Receiver i starts over (a retry): its next fault is its first.  The log
+ * keeps every fault. */
+void fan_shared_forget_receiver_fault(fan_shared *s, size_t i);
 size_t fan_shared_fault_count(fan_shared *s);
 
 #endif

@@ -30,6 +30,7 @@ static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
     else
         pgfan_options_init(&opts);
     opts.fault_hold_ms = 0; /* nobody can reconcile inside this call */
+    opts.retries = 0;       /* nor reconnect a target */
     int rc = pgfan_producer_new_statement(&p, source, copy_to_sql);
     if (rc != PGFAN_OK)
         return rc;

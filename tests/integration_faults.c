@@ -318,6 +318,61 @@ START_TEST(terminated_backend)
 }
 END_TEST
 
+/*
+ * pgfan_options.retries: the terminated target's fault is retryable and
+ * held; the caller gives it a new connection and it is reloaded from the
+ * journal while the source is still held back, so every target, the
+ * reloaded one included, ends with the source's rows exactly once.  Misuse
+ * of pgfan_manager_retry() is refused.
+ */
+START_TEST(a_terminated_target_is_retried_from_the_journal)
+{
+    pgfan_policy policy = _i % 2 ? PGFAN_POLICY_DROP : PGFAN_POLICY_ABORT;
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 3, "text");
+    pgfan_options o = options(policy, 600000, 0);
+    o.spill_limit = (uint64_t)1 << 30;
+    o.retries = 1;
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
+    add_statement_receivers(m, &f);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 2 << 20);
+    pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.targets[1]));
+    pgfan_fault fault = next_fault(m);
+    ck_assert_int_eq(fault.receiver, 1);
+    ck_assert_msg(fault.retryable, "fault: %s %s", fault.sqlstate, fault.message);
+    ck_assert_int_eq(state_of(m, 1), PGFAN_RECEIVER_FAULTED);
+    PGconn *fresh = pgt_connect();
+    ck_assert_status(pgfan_manager_retry(m, 1, NULL), PGFAN_EINVAL);
+    ck_assert_status(pgfan_manager_retry(m, 1, f.source), PGFAN_EINVAL);
+    ck_assert_status(pgfan_manager_retry(m, 1, f.targets[2]), PGFAN_EINVAL);
+    ck_assert_status(pgfan_manager_retry(m, 0, fresh), PGFAN_ESTATE);
+    ck_assert_status(pgfan_manager_retry(m, 7, fresh), PGFAN_EINVAL);
+    /* The library let go of the old connection with the fault. */
+    PQfinish(f.targets[1]);
+    f.targets[1] = fresh;
+    ck_assert_status(pgfan_manager_retry(m, 1, fresh), PGFAN_OK);
+    ck_assert_status(pgfan_manager_retry(m, 1, fresh), PGFAN_ESTATE);
+    gate_open(admin);
+    run_to_end(m);
+    ck_assert_status(pgfan_manager_finish(m), PGFAN_OK);
+    pgfan_receiver_result rr;
+    ck_assert_status(pgfan_manager_receiver(m, 1, &rr), PGFAN_OK);
+    ck_assert_int_eq(rr.state, PGFAN_RECEIVER_DONE);
+    ck_assert_uint_eq(rr.retries, 1);
+    ck_assert_int_eq(rr.has_fault, 0); /* forgotten with the retry */
+    ck_assert(rr.may_commit);
+    assert_copies_equal(&f, SOURCE);
+    pgfan_manager_free(m);
+    assert_no_copy_running();
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
 /* ---- a row in the middle violates a CHECK constraint ---- */
 
 START_TEST(constraint_violation_is_seen_mid_stream)
@@ -841,6 +896,7 @@ Suite *faults_suite(void)
     tcase_add_loop_test(tc, failed_callback_reconciled_within_hold, 0, ROUNDS);
     tcase_add_loop_test(tc, failed_callback_not_reconciled_is_dropped, 0, ROUNDS);
     tcase_add_loop_test(tc, terminated_backend, 0, ROUNDS);
+    tcase_add_loop_test(tc, a_terminated_target_is_retried_from_the_journal, 0, 2);
     tcase_add_loop_test(tc, constraint_violation_is_seen_mid_stream, 0, ROUNDS);
     tcase_add_loop_test(tc, source_fails_mid_stream, 0, ROUNDS);
     tcase_add_loop_test(tc, stalled_callback_reconciled_while_data_is_in_the_ring, 0,

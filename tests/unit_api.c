@@ -94,6 +94,9 @@ START_TEST(bad_options_are_refused_and_ownership_stays)
     o.complete_early = 1; /* only under drop */
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
     o.complete_early = 0;
+    o.retries = 2; /* a reload replays the journal: it needs one */
+    ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
+    o.retries = 0;
     o.ring_slots = 8;
     o.chunk_bytes = 100;
     ck_assert_status(pgfan_manager_new(&m, p, &o), PGFAN_EINVAL);
