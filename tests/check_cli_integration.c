@@ -733,6 +733,162 @@ START_TEST(a_rate_limited_target_trails_while_the_others_load)
 }
 END_TEST
 
+/* Runs tests/pg-harness.sh CMD DIR for a server of the test's own (one it
+ * restarts); returns the last line it printed (start: the conninfo). */
+static void harness(const char *cmd, const char *dir, char *line, size_t len)
+{
+    const char *script = getenv("PGFAN_HARNESS");
+    char command[1024];
+    ck_assert_msg(script != NULL, "PGFAN_HARNESS is not set (run through make check)");
+    snprintf(command, sizeof command, "sh '%s' %s '%s' 2>&1", script, cmd, dir);
+    FILE *p = popen(command, "r");
+    ck_assert_ptr_nonnull(p);
+    char buf[1024] = "";
+    line[0] = '\0';
+    while (fgets(buf, sizeof buf, p)) {
+        buf[strcspn(buf, "\n")] = '\0';
+        snprintf(line, len, "%s", buf);
+    }
+    int rc = pclose(p);
+    ck_assert_msg(rc == 0, "pg-harness.sh %s failed: %s", cmd, line);
+}
+
+/* Rows the COPY on the private server has stored, -1 when none runs (or
+ * the server is down). */
+static long private_copy_progress(const char *where)
+{
+    PGconn *c = PQconnectdb(where);
+    long n = -1;
+    if (PQstatus(c) == CONNECTION_OK) {
+        PGresult *res = PQexec(
+            c, "SELECT coalesce(max(tuples_processed), -1) FROM pg_stat_progress_copy");
+        if (PQresultStatus(res) == PGRES_TUPLES_OK)
+            n = atol(PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+    PQfinish(c);
+    return n;
+}
+
+/* Polls (bounded) until the private server's COPY has stored more than
+ * `rows`; returns whether it did. */
+static int private_copy_passes(const char *where, long rows)
+{
+    for (int tries = 0; tries < 3000; tries++) {
+        if (private_copy_progress(where) > rows)
+            return 1;
+        sleep_ms(20); /* a poll for a state, bounded by the loop */
+    }
+    return 0;
+}
+
+/*
+ * --retries: target 2's server is restarted in immediate mode while the
+ * source is held back halfway (an advisory lock at row nrows / 2, so the
+ * restart lands mid-stream whatever the speeds).  pgfan reconnects, loads
+ * target 2 again from the journal, and only then is the source let go:
+ * every target ends identical to the source, exit 0, the report says one
+ * retry.  Loop 1 does the same under --atomic (all prepared, then all
+ * committed; no prepared transaction left behind).
+ */
+START_TEST(a_target_server_restarted_mid_stream_is_reloaded)
+{
+    const long nrows = 60000;
+    char table[64], dir[] = "/tmp/pgfan-restart.XXXXXX", lost[1024];
+    new_tables(table, nrows);
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    harness("start", dir, lost, sizeof lost);
+    PGconn *c = PQconnectdb(lost);
+    ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+    pgt_mixed_table(c, table, 0);
+    pgt_exec(c, "CHECKPOINT"); /* its server runs with synchronous_commit off */
+    PQfinish(c);
+    PGconn *gate = db(0);
+    pgt_exec(gate, "SELECT pg_advisory_lock(818)");
+    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
+    close(mkstemp(report));
+    snprintf(
+        query, sizeof query,
+        "SELECT * FROM %s WHERE id <> %ld OR pg_advisory_lock_shared(818) IS NOT NULL",
+        table, nrows / 2);
+    char *argv[] = {"pgfan",
+                    "-s",
+                    conninfo[0],
+                    "-t",
+                    conninfo[1],
+                    "-t",
+                    lost,
+                    "-t",
+                    conninfo[2],
+                    "--query",
+                    query,
+                    "--into",
+                    table,
+                    "--truncate",
+                    "--retries",
+                    "2",
+                    "--report",
+                    report,
+                    "--no-progress",
+                    _i ? "--atomic" : "--quiet",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    ck_assert_msg(private_copy_passes(lost, 0), "target 2's COPY never got rows");
+    harness("restart", dir, query, sizeof query);
+    /* Loaded again from the start: its new COPY passes the first rows. */
+    ck_assert_msg(private_copy_passes(lost, 0), "target 2 was not loaded again: %s",
+                  cli_slurp(err));
+    pgt_exec(gate, "SELECT pg_advisory_unlock(818)");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    char *json = cli_slurp(report);
+    const char *second = strstr(json, "\"targets\": [");
+    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
+    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
+    ck_assert_msg(second && strncmp(second, "\"retries\": 1,", 13) == 0, "%s", json);
+    char *want = source_checksum(table);
+    assert_target(1, table, want);
+    assert_target(2, table, want);
+    c = PQconnectdb(lost);
+    char *got = pgt_checksum(c, table);
+    ck_assert_msg(strcmp(got, want) == 0, "the restarted target holds %s, want %s", got,
+                  want);
+    char *prepared = pgt_value(c, "SELECT count(*) FROM pg_prepared_xacts");
+    ck_assert_str_eq(prepared, "0");
+    free(prepared);
+    free(got);
+    PQfinish(c);
+    free(want);
+    free(json);
+    unlink(report);
+    cli_free(&r);
+    PQfinish(gate);
+    harness("stop", dir, query, sizeof query);
+    drop_tables(table);
+}
+END_TEST
+
+/* --retries reloads only targets whose server went away: a row a target
+ * rejects (a CHECK constraint) fails the copy as before, with no retry. */
+START_TEST(a_rejected_row_is_not_retried)
+{
+    char table[64];
+    new_tables(table, 2000);
+    PGconn *t = db(2);
+    pgt_exec(t, "ALTER TABLE %s ADD CHECK (id <> 1500)", table);
+    PQfinish(t);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2],
+                        "--table", table, "--retries", "2", "--no-progress", NULL);
+    ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
+    ck_assert_ptr_nonnull(strstr(r.err, "23514"));
+    ck_assert_ptr_null(strstr(r.err, "reconnecting"));
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    drop_tables(table);
+}
+END_TEST
+
 /* Rows far bigger than a slot (up to 3 MB against 4 KiB slots, in a ring
  * of two) travel in slots of their own, libpq's buffers adopted rather
  * than copied: every target gets every value, in binary and in text. */
@@ -1142,6 +1298,8 @@ static Suite *cli_suite(void)
     tcase_set_timeout(spill, 600);
     tcase_add_test(spill, a_stopped_target_reads_on_from_the_spill_journal);
     tcase_add_loop_test(spill, a_rate_limited_target_trails_while_the_others_load, 0, 2);
+    tcase_add_loop_test(spill, a_target_server_restarted_mid_stream_is_reloaded, 0, 2);
+    tcase_add_test(spill, a_rejected_row_is_not_retried);
     suite_add_tcase(s, spill);
     return s;
 }

@@ -4,6 +4,8 @@
 #   pg-harness.sh start DIR   initdb + start a server whose data and socket
 #                             live in DIR; prints a libpq conninfo for it
 #   pg-harness.sh stop DIR    stop that server and remove DIR
+#   pg-harness.sh restart DIR restart it in immediate mode (a crash, to its
+#                             clients)
 #
 # initdb refuses to run as root, so as root the server runs as the
 # unprivileged user $PGFAN_PG_USER (default: postgres).  $PGFAN_PG_OPTIONS
@@ -87,8 +89,21 @@ stop() {
     rm -rf "$dir"
 }
 
+# An immediate restart: every backend is killed without a word to its
+# client, then the server recovers and comes back on the same port.
+restart() {
+    bin=$(pg_bindir)
+    as_owner "$bin/pg_ctl" -D "$1/data" -l "$1/server.log" -m immediate -w -t 60 restart \
+        >/dev/null 2>&1 || {
+        echo "pg-harness: the server did not restart:" >&2
+        tail -20 "$1/server.log" >&2 || true
+        exit 1
+    }
+}
+
 case "${1:-}" in
 start) start "$2" ;;
 stop) stop "$2" ;;
-*) echo "usage: pg-harness.sh start|stop DIR" >&2; exit 2 ;;
+restart) restart "$2" ;;
+*) echo "usage: pg-harness.sh start|stop|restart DIR" >&2; exit 2 ;;
 esac

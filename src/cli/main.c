@@ -22,6 +22,12 @@
 
 #define interrupted cli_interrupted
 
+/* How long a target's server that went away may take to accept
+ * connections again, per retry (a restart with crash recovery). */
+#define RETRY_CONNECT_MS 60000
+/* Faults are held this long for on_fault() (which settles each at once). */
+#define RETRY_HOLD_MS 3600000
+
 static double seconds_since(const struct timespec *t)
 {
     struct timespec now;
@@ -92,6 +98,9 @@ static pgfan_manager *build_manager(run *r)
     pgfan_options_init(&o);
     o.policy = r->opt.on_fault;
     o.fault_hold_ms = 0; /* nobody reconciles here: settle faults at once */
+    o.retries = r->opt.retries;
+    if (o.retries)
+        o.fault_hold_ms = RETRY_HOLD_MS; /* on_fault() settles every fault at once */
     o.stall_timeout_ms = r->opt.stall_timeout_ms;
     o.start_timeout_ms = r->opt.stall_timeout_ms; /* a target locked out of its COPY */
     o.spill_limit = r->opt.spill_limit;
@@ -187,6 +196,60 @@ static void commit_if_done(run *r, pgfan_manager *m, size_t i)
         commit_early(r, i, res.rows);
 }
 
+/* Target i lost its server mid-copy: a new connection, its transaction
+ * opened as begin_all() did, and the library reloads it from the journal
+ * while the others go on. */
+static int retry_target(run *r, pgfan_manager *m, size_t i)
+{
+    cli_fail f;
+    r->in_tx[i] = 0; /* gone with the old connection */
+    if (reconnect_target_within(r, i, RETRY_CONNECT_MS, &f) != 0 ||
+        exec_ok(r, &r->targets[i], "BEGIN", (int)i, &f) != 0) {
+        print_fail(r, &f);
+        return -1;
+    }
+    r->in_tx[i] = 1;
+    if (r->plan.truncate_sql[i] &&
+        exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
+        print_fail(r, &f);
+        return -1;
+    }
+    int rc = pgfan_manager_retry(m, i, r->targets[i]);
+    if (rc == PGFAN_OK)
+        return 0;
+    fail_set(&f, (int)i, NULL, "cannot be loaded again: %s", pgfan_strerror(rc));
+    print_fail(r, &f);
+    return -1;
+}
+
+/* A fault: said, and settled at once, unless a lost target can be
+ * reloaded (--retries). */
+static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault)
+{
+    cli_fail f;
+    char who[1200];
+    pgfan_receiver_result res;
+    fail_from_fault(&f, fault);
+    if (!fault->retryable || cli_interrupted) {
+        print_fail(r, &f);
+        /* Held only because of --retries: nobody reconciles here. */
+        if (r->opt.retries && fault->receiver >= 0)
+            pgfan_manager_drop(m, (size_t)fault->receiver);
+        return;
+    }
+    size_t i = (size_t)fault->receiver;
+    f.message[strcspn(f.message, "\n")] = '\0'; /* libpq's first line says it */
+    pgfan_manager_receiver(m, i, &res);
+    if (!r->opt.quiet)
+        fprintf(stderr,
+                "pgfan: %s: %s%s%s%s; reconnecting to load it again (retry %u of %u)\n",
+                who_name(r, (int)i, who, sizeof who), f.message,
+                f.sqlstate[0] ? " (SQLSTATE " : "", f.sqlstate, f.sqlstate[0] ? ")" : "",
+                res.retries + 1, r->opt.retries);
+    if (retry_target(r, m, i) != 0)
+        pgfan_manager_drop(m, i);
+}
+
 /* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
  * interrupted. */
 static int transfer(run *r, pgfan_manager *m)
@@ -211,8 +274,7 @@ static int transfer(run *r, pgfan_manager *m)
             break;
         if (ev.type == PGFAN_EVENT_FAULT) {
             progress_clear(&view);
-            fail_from_fault(&f, &ev.fault);
-            print_fail(r, &f);
+            on_fault(r, m, &ev.fault);
         } else if (ev.type == PGFAN_EVENT_RECEIVER_DONE) {
             commit_if_done(r, m, ev.receiver);
         } else {
@@ -263,6 +325,7 @@ static void collect(run *r, pgfan_manager *m)
         t->rows = res.rows;
         t->bytes = res.bytes;
         t->seconds = res.seconds;
+        t->retries = res.retries;
         if (r->early[i])
             continue; /* settled when its COPY ended (commit_early) */
         if (res.has_fault && res.fault.receiver == (int)i) {

@@ -41,7 +41,9 @@ const char cli_usage[] =
     "      --snapshot ID           read through this exported snapshot\n"
     "      --copy-schema           create the tables (pg_dump) before, indexes and\n"
     "                              constraints after the data\n"
-    "      --retries N             reload a (table, target) pair whose server was lost\n"
+    "      --retries N             a target whose server was lost mid-copy is\n"
+    "                              reconnected and reloaded from the spill journal,\n"
+    "                              up to N times (for sets: the table is loaded again)\n"
     "      --resume                load only the pairs an interrupted run left\n"
     "      --not-consistent        resume even when its snapshot is gone\n"
     "      --verify                compare every table with the source after loading\n"
@@ -454,7 +456,7 @@ static int is_pattern(const char *s)
 static int check_set(cli_options *o, char *err, size_t errlen)
 {
     o->set_mode = o->ntables > 1 || o->nschemas || o->nexcludes || o->all_tables ||
-                  o->jobs || o->resume || o->verify || o->copy_schema || o->retries ||
+                  o->jobs || o->resume || o->verify || o->copy_schema ||
                   (o->ntables == 1 && is_pattern(o->tables[0]));
     if (!o->set_mode) {
         if (o->not_consistent)
@@ -464,7 +466,7 @@ static int check_set(cli_options *o, char *err, size_t errlen)
     if (o->kind == SOURCE_QUERY || o->kind == SOURCE_COPY || o->into || o->copy_in ||
         o->columns)
         FAIL("a table set (several --table, patterns, --schema, --all-tables, --jobs, "
-             "--resume, --retries, --verify, --copy-schema) copies whole tables by "
+             "--resume, --verify, --copy-schema) copies whole tables by "
              "name: not with --query, --copy-out, --into, --copy-in or --columns");
     if (!o->ntables && !o->nschemas && !o->all_tables)
         FAIL("say which tables: --table PATTERN, --schema NAME or --all-tables");
@@ -506,6 +508,9 @@ static int check_combination(cli_options *o, char *err, size_t errlen)
         FAIL("--columns goes with --table or --query (and not with --copy-in)");
     if (o->copy_in && o->format != FORMAT_AUTO)
         FAIL("--format cannot be used with --copy-in (the statement says its format)");
+    if (o->retries && o->spill_limit == 0)
+        FAIL("--retries reloads a target from the spill journal: not with --spill-limit "
+             "0");
     return 0;
 }
 

@@ -71,10 +71,12 @@ int write_json_report(FILE *out, const run_report *r)
             json_string(out, t->table);
         else
             fputs("null", out);
-        fprintf(out,
-                ", \"state\": \"%s\", \"rows\": %llu, \"bytes\": %llu, \"seconds\": %.3f",
-                outcome_name(t->outcome), (unsigned long long)t->rows,
-                (unsigned long long)t->bytes, t->seconds);
+        fprintf(
+            out,
+            ", \"state\": \"%s\", \"rows\": %llu, \"bytes\": %llu, \"seconds\": %.3f, "
+            "\"retries\": %u",
+            outcome_name(t->outcome), (unsigned long long)t->rows,
+            (unsigned long long)t->bytes, t->seconds, t->retries);
         fputs(", \"sqlstate\": ", out);
         if (t->sqlstate[0])
             json_string(out, t->sqlstate);

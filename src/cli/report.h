@@ -22,6 +22,7 @@ typedef struct target_report {
     target_outcome outcome;
     uint64_t rows, bytes;
     double seconds;
+    unsigned int retries; /* reloads after its server was lost (--retries) */
     char sqlstate[6];
     char error[PGFAN_MESSAGE_MAX];
 } target_report;

@@ -3,8 +3,12 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "conninfo.h"
+
+/* How often a lost target's server is tried while it comes back. */
+#define RECONNECT_STEP_MS 250
 
 const char *who_name(const run *r, int who, char *buf, size_t len)
 {
@@ -233,6 +237,46 @@ int reconnect_target(run *r, size_t i)
     PQfinish(r->targets[i]);
     r->targets[i] = NULL;
     return -1;
+}
+
+/* Milliseconds on the monotonic clock. */
+static long long clock_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int reconnect_target_within(run *r, size_t i, long window_ms, cli_fail *f)
+{
+    long long until = clock_ms() + window_ms;
+    PQfinish(r->targets[i]);
+    r->targets[i] = NULL;
+    for (;;) {
+        PGconn *c = sql_connect(r->opt.targets[i]);
+        if (!c) {
+            fail_set(f, (int)i, NULL, "interrupted while reconnecting");
+            return -1;
+        }
+        if (PQstatus(c) == CONNECTION_OK) {
+            r->targets[i] = c;
+            if (pin_session(r, &r->targets[i], (int)i) == 0)
+                return 0;
+            fail_set(f, (int)i, NULL, "the new connection could not be set up");
+            return -1;
+        }
+        fail_set(f, (int)i, NULL, "cannot reconnect: %s", PQerrorMessage(c));
+        size_t n = strlen(f->message);
+        while (n > 0 && f->message[n - 1] == '\n')
+            f->message[--n] = '\0';
+        PQfinish(c);
+        if (clock_ms() >= until)
+            return -1;
+        /* A restarting server refuses connections for a while; a signal
+         * ends the wait early and the next sql_connect() sees it. */
+        struct timespec step = {0, RECONNECT_STEP_MS * 1000000L};
+        nanosleep(&step, NULL);
+    }
 }
 
 int connect_all(run *r)

@@ -72,6 +72,11 @@ int import_snapshot(run *r, PGconn **c, const char *id, cli_fail *f);
 /* Replaces target i's connection with a new pinned one.  Returns 0, or -1
  * (printed; r->targets[i] is NULL). */
 int reconnect_target(run *r, size_t i);
+/* The same for a server that went away and may be coming back: tried until
+ * `window_ms` passed, quietly.  Returns 0, or -1 with the last reason in
+ * `f` (r->targets[i] is then NULL, or a connection that could not be set
+ * up). */
+int reconnect_target_within(run *r, size_t i, long window_ms, cli_fail *f);
 /* Connects to the source and every target, pinning their sessions (and,
  * for one table with --snapshot, importing it on the source). */
 int connect_all(run *r);
