@@ -72,21 +72,29 @@ static int preflight(run *r)
     return 0;
 }
 
-static int begin_all(run *r)
+/* Target i's transaction: BEGIN, and its TRUNCATE with --truncate.
+ * Returns 0, or -1 after saying why. */
+static int begin_one(run *r, size_t i)
 {
     cli_fail f;
-    for (size_t i = 0; i < r->opt.ntargets; i++) {
-        if (exec_ok(r, &r->targets[i], "BEGIN", (int)i, &f) != 0) {
-            print_fail(r, &f);
-            return -1;
-        }
-        r->in_tx[i] = 1;
-        if (r->plan.truncate_sql[i] &&
-            exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
-            print_fail(r, &f);
-            return -1;
-        }
+    if (exec_ok(r, &r->targets[i], "BEGIN", (int)i, &f) != 0) {
+        print_fail(r, &f);
+        return -1;
     }
+    r->in_tx[i] = 1;
+    if (r->plan.truncate_sql[i] &&
+        exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
+        print_fail(r, &f);
+        return -1;
+    }
+    return 0;
+}
+
+static int begin_all(run *r)
+{
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        if (begin_one(r, i) != 0)
+            return -1;
     return 0;
 }
 
@@ -203,17 +211,12 @@ static int retry_target(run *r, pgfan_manager *m, size_t i)
 {
     cli_fail f;
     r->in_tx[i] = 0; /* gone with the old connection */
-    if (reconnect_target_within(r, i, RETRY_CONNECT_MS, &f) != 0 ||
-        exec_ok(r, &r->targets[i], "BEGIN", (int)i, &f) != 0) {
+    if (reconnect_target_within(r, i, RETRY_CONNECT_MS, &f) != 0) {
         print_fail(r, &f);
         return -1;
     }
-    r->in_tx[i] = 1;
-    if (r->plan.truncate_sql[i] &&
-        exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
-        print_fail(r, &f);
+    if (begin_one(r, i) != 0)
         return -1;
-    }
     int rc = pgfan_manager_retry(m, i, r->targets[i]);
     if (rc == PGFAN_OK)
         return 0;
