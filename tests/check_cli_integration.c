@@ -988,18 +988,20 @@ START_TEST(report_failures_never_misstate_the_outcome)
                     table,      "--report",  "-",
                     NULL};
     argv[3] = (char *)getenv("PGFAN_CLI");
+    char errpath[] = "/tmp/pgfan-closed-stdout.XXXXXX";
+    close(mkstemp(errpath));
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        int e = open("/tmp/pgfan-closed-stdout.err", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int e = open(errpath, O_WRONLY | O_TRUNC);
         dup2(e, 2);
         execv("/bin/sh", argv);
         _exit(127);
     }
     int status;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-    char *err = cli_slurp("/tmp/pgfan-closed-stdout.err");
-    unlink("/tmp/pgfan-closed-stdout.err");
+    char *err = cli_slurp(errpath);
+    unlink(errpath);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d: %s", status,
                   err);
     ck_assert_msg(strstr(err, "report could not be written"), "%s", err);
