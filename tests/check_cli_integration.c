@@ -20,6 +20,7 @@
 
 Suite *fidelity_suite(void);
 Suite *sets_suite(void);
+Suite *flow_suite(void);
 
 #define NT     3
 #define SECRET "hunter2secret"
@@ -1372,6 +1373,7 @@ int main(void)
     SRunner *sr = srunner_create(cli_suite());
     srunner_add_suite(sr, fidelity_suite());
     srunner_add_suite(sr, sets_suite());
+    srunner_add_suite(sr, flow_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -49,8 +50,10 @@ pid_t cli_spawn(char *const argv[], const char *out, const char *err)
 cli_run cli_finish(pid_t pid, const char *out, const char *err)
 {
     int status;
+    struct rusage ru;
     cli_run r;
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_int_eq(wait4(pid, &status, 0, &ru), pid);
+    r.peak_rss_kb = ru.ru_maxrss;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     r.out = cli_slurp(out);
     r.err = cli_slurp(err);

@@ -8,6 +8,7 @@ typedef struct cli_run {
     int code;
     char *out;
     char *err;
+    long peak_rss_kb; /* the run's peak resident set (wait4) */
 } cli_run;
 
 /* Runs $PGFAN_CLI with NULL-terminated arguments and waits for it. */
