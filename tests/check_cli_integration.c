@@ -688,6 +688,53 @@ START_TEST(a_stopped_target_reads_on_from_the_spill_journal)
 }
 END_TEST
 
+/* A target whose backend stops (SIGSTOP) while idle in its transaction
+ * cannot hold pgfan's ending: when another target fails before the commit,
+ * the ROLLBACK it is sent goes unanswered, is cancelled, and its connection
+ * closed, which rolls it back.  pgfan exits 1 while that backend is still
+ * stopped, and nothing is committed anywhere.  Target 1's deferred unique
+ * check waits on a row another session has not committed yet, so target 2
+ * has ended its COPY and waits in its transaction when it is stopped. */
+START_TEST(an_unanswered_rollback_is_given_up)
+{
+    char table[64];
+    new_tables(table, 3000);
+    PGconn *t = db(1), *blocker = db(1), *admin = db(0);
+    pgt_exec(
+        t, "ALTER TABLE %s ADD CONSTRAINT once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
+        table);
+    PQfinish(t);
+    pgt_exec(blocker, "BEGIN");
+    pgt_exec(blocker, "INSERT INTO %s (id) VALUES (1)", table);
+    char *argv[] = {
+        "pgfan", "-s",        conninfo[0], "-t",  conninfo[1],     "-t", conninfo[2],
+        "-t",    conninfo[3], "--table",   table, "--no-progress", NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    ck_assert_int_ne(
+        wait_for_running(admin, "cli_target_1", "CONSTRAINTS", "Lock:transactionid", pid),
+        0);
+    int backend =
+        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
+    ck_assert_int_ne(backend, 0);
+    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
+    pgt_exec(blocker, "COMMIT");
+    int exited = child_exited_within_2min(pid);
+    kill(backend, SIGCONT);
+    ck_assert_msg(exited, "pgfan waited for the stopped target's ROLLBACK");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_int_eq(r.code, 1);
+    ck_assert_msg(strstr(r.err, "target 1 (") && strstr(r.err, "SQLSTATE 23505"), "%s",
+                  r.err);
+    pgt_exec(blocker, "DELETE FROM %s", table);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(blocker);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
 /* Rows target `dbname`'s COPY has stored so far (pg_stat_progress_copy), or
  * -1 when no COPY runs there. */
 static long copy_progress(PGconn *admin, const char *dbname)
@@ -1347,6 +1394,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, help_and_version);
     tcase_add_test(tc, query_into_a_named_table);
     tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
+    tcase_add_test(tc, an_unanswered_rollback_is_given_up);
     tcase_add_test(tc, rows_bigger_than_a_slot_arrive_whole);
     tcase_add_test(tc, report_failures_never_misstate_the_outcome);
     tcase_add_test(tc, source_failure_is_named_in_the_report);

@@ -9,6 +9,8 @@
 
 /* How often a lost target's server is tried while it comes back. */
 #define RECONNECT_STEP_MS 250
+/* How long a server may take to answer ROLLBACK before it is cancelled. */
+#define ROLLBACK_ANSWER_MS 5000
 
 const char *who_name(const run *r, int who, char *buf, size_t len)
 {
@@ -117,13 +119,14 @@ void give_up(run *r, PGconn **c)
     *c = NULL;
 }
 
-/* Runs SQL on *c, bounded and interruptible (sql.h).  A connection that
- * does not answer even a cancel is closed. */
-PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
-                   const char *const *params, int who, cli_fail *f)
+/* Runs SQL on *c, interruptible (sql.h) and, past `timeout_ms` (0 = none),
+ * cancelled.  A connection that does not answer even a cancel is closed. */
+static PGresult *query_within(run *r, PGconn **c, const char *sql, int nparams,
+                              const char *const *params, int who, cli_fail *f,
+                              int timeout_ms)
 {
     int gave_up = 0;
-    PGresult *res = *c ? sql_exec(*c, sql, nparams, params, 0, &gave_up) : NULL;
+    PGresult *res = *c ? sql_exec(*c, sql, nparams, params, timeout_ms, &gave_up) : NULL;
     ExecStatusType st = PQresultStatus(res);
     if (res && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
         return res;
@@ -139,6 +142,12 @@ PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
     if (gave_up)
         give_up(r, c);
     return NULL;
+}
+
+PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
+                   const char *const *params, int who, cli_fail *f)
+{
+    return query_within(r, c, sql, nparams, params, who, f, 0);
 }
 
 int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
@@ -189,13 +198,16 @@ static int learn_encoding(run *r)
 
 /* Rolls back every open transaction.  A connection still busy (a COPY the
  * library gave up realigning) is closed instead: ROLLBACK would wait on it
- * forever, and closing it rolls its transaction back. */
+ * forever, and closing it rolls its transaction back.  So is one whose
+ * server does not answer ROLLBACK (a stopped backend) within
+ * ROLLBACK_ANSWER_MS and then its cancel: nothing is lost by closing. */
 void rollback_one(run *r, size_t i)
 {
     if (r->in_tx[i] && PQtransactionStatus(r->targets[i]) == PQTRANS_ACTIVE)
         give_up(r, &r->targets[i]);
     else if (r->in_tx[i] && PQstatus(r->targets[i]) == CONNECTION_OK)
-        exec_ok(r, &r->targets[i], "ROLLBACK", (int)i, NULL);
+        PQclear(query_within(r, &r->targets[i], "ROLLBACK", 0, NULL, (int)i, NULL,
+                             ROLLBACK_ANSWER_MS));
     r->in_tx[i] = 0;
 }
 

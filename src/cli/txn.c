@@ -287,15 +287,18 @@ static int before_commit_one(run *r, size_t i, int sequences)
 }
 
 /* The same for every candidate; under --on-fault abort, one failure and
- * nobody commits. */
+ * nobody commits, so nothing more is asked of the others. */
 static void before_commit(run *r, int *candidate)
 {
     int failed = 0;
-    for (size_t i = 0; i < r->opt.ntargets; i++)
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        if (failed && r->opt.on_fault == PGFAN_POLICY_ABORT)
+            break;
         if (candidate[i] && before_commit_one(r, i, 1) != 0) {
             candidate[i] = 0;
             failed = 1;
         }
+    }
     if (failed && r->opt.on_fault == PGFAN_POLICY_ABORT)
         for (size_t i = 0; i < r->opt.ntargets; i++)
             candidate[i] = 0;
