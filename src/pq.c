@@ -203,6 +203,56 @@ int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label
     return PGFAN_ESTALL;
 }
 
+int fan_exec_within(PGconn *conn, const char *sql, const fan_wait *w, int who,
+                    const char *label, pgfan_fault *f)
+{
+    pgfan_fault ignored;
+    if (!f)
+        f = &ignored;
+    if (!PQsendQuery(conn, sql)) {
+        fan_fault_from_conn(f, who, label, conn);
+        return PGFAN_ECONN;
+    }
+    struct timespec limit, answer;
+    if (w->limit_ms)
+        fan_deadline(&limit, w->limit_ms);
+    int got = poll_until_ready(conn, w->limit_ms ? &limit : NULL, w->interrupt);
+    int interrupted = got > 0 && w->interrupt && *w->interrupt;
+    if (got > 0) {
+        fan_send_cancel(conn);
+        fan_deadline(&answer, w->cancel_ms);
+        got = poll_until_ready(conn, &answer, NULL);
+        if (got > 0) {
+            fan_fault_set(f, who, label, PGFAN_ECONN,
+                          "the server answered neither %s nor its cancel within %u ms; "
+                          "the connection is still busy and should be closed",
+                          sql, w->cancel_ms);
+            return PGFAN_ECONN;
+        }
+    }
+    if (got < 0) {
+        fan_fault_from_conn(f, who, label, conn);
+        return PGFAN_ECONN;
+    }
+    int rc = PGFAN_OK;
+    PGresult *res;
+    while ((res = PQgetResult(conn)) != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK && rc == PGFAN_OK) {
+            fan_fault_from_result(f, who, label, res);
+            rc = f->code;
+            const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            if (state && strcmp(state, "57014") == 0) /* query_canceled: ours */
+                rc = f->code = interrupted ? PGFAN_EABORTED : PGFAN_ESTALL;
+        }
+        PQclear(res);
+    }
+    if (rc == PGFAN_OK && PQstatus(conn) == CONNECTION_BAD) {
+        fan_fault_from_conn(f, who, label, conn);
+        rc = PGFAN_ECONN;
+    }
+    return rc;
+}
+
 int fan_copy_started(PGconn *conn, ExecStatusType want, const fan_wait *w, int who,
                      const char *label, int *nfields, int *binary, pgfan_fault *f)
 {

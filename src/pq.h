@@ -37,6 +37,18 @@ fan_wait fan_wait_from_options(const pgfan_options *opts);
 int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label,
                      pgfan_fault *f);
 
+/*
+ * Runs one command (BEGIN, COMMIT, ROLLBACK) and waits for it within `w`.
+ * On giving up it cancels the command and still reads its answer (at most
+ * cancel_ms), so a COMMIT the cancel came too late for is reported as
+ * done.  Returns PGFAN_OK when the command succeeded; otherwise fills `f`
+ * (may be NULL): the server's error, PGFAN_EABORTED or PGFAN_ESTALL when
+ * the cancel stopped it, PGFAN_ECONN when the connection broke or the
+ * server answered not even the cancel (it is busy and should be closed).
+ */
+int fan_exec_within(PGconn *conn, const char *sql, const fan_wait *w, int who,
+                    const char *label, pgfan_fault *f);
+
 /* Fills a fault: who, its label, the code and a message. */
 void fan_fault_set(pgfan_fault *f, int who, const char *label, int code, const char *fmt,
                    ...) __attribute__((format(printf, 5, 6)));

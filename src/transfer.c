@@ -8,27 +8,36 @@
 #include "pgfan.h"
 #include "pq.h"
 
-static int exec_simple(PGconn *conn, const char *sql, int who, const char *label,
-                       pgfan_fault *f)
+/*
+ * The waits of our own commands, bounded as the options say: BEGIN as a
+ * COPY's start (start_timeout_ms, interrupt); COMMIT only by interrupt,
+ * whose cancel may come too late and is then read as committed; ROLLBACK
+ * never interrupted (it is how an interrupted copy ends) but given up
+ * after realign_timeout_ms, its connection left busy for the caller to
+ * close.
+ */
+enum tx_command { TX_BEGIN, TX_COMMIT, TX_ROLLBACK };
+
+static int exec_tx(PGconn *conn, enum tx_command cmd, const pgfan_options *o, int who,
+                   const char *label, pgfan_fault *f)
 {
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok && f)
-        fan_fault_from_result(f, who, label, res);
-    PQclear(res);
-    return ok ? 0 : -1;
+    static const char *const sql[] = {"BEGIN", "COMMIT", "ROLLBACK"};
+    fan_wait w = fan_wait_from_options(o);
+    if (cmd == TX_COMMIT)
+        w.limit_ms = 0;
+    if (cmd == TX_ROLLBACK) {
+        w.interrupt = NULL;
+        w.limit_ms = o->realign_timeout_ms;
+    }
+    return fan_exec_within(conn, sql[cmd], &w, who, label, f) == PGFAN_OK ? 0 : -1;
 }
 
 static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
                  size_t ntargets, PGconn *const targets[],
                  const char *const copy_from_sql[], const pgfan_options *user_opts)
 {
-    pgfan_options opts;
+    pgfan_options opts = *user_opts;
     pgfan_producer *p;
-    if (user_opts)
-        opts = *user_opts;
-    else
-        pgfan_options_init(&opts);
     opts.fault_hold_ms = 0; /* nobody can reconcile inside this call */
     opts.retries = 0;       /* nor reconnect a target */
     int rc = pgfan_producer_new_statement(&p, source, copy_to_sql);
@@ -51,14 +60,14 @@ static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
 
 /* Opens a transaction on every idle target (own_tx[i] says which). */
 static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
-                     pgfan_fault *f)
+                     const pgfan_options *o, pgfan_fault *f)
 {
     for (size_t i = 0; i < n; i++) {
         if (PQtransactionStatus(targets[i]) != PQTRANS_IDLE)
             continue;
         char label[128];
         fan_conn_label(targets[i], label, sizeof label);
-        if (exec_simple(targets[i], "BEGIN", (int)i, label, f) != 0)
+        if (exec_tx(targets[i], TX_BEGIN, o, (int)i, label, f) != 0)
             return -1;
         own_tx[i] = 1;
     }
@@ -70,8 +79,8 @@ static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
  * elsewhere.  Returns how many committed (targets in the caller's own
  * transaction count when they may). */
 static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
-                     const unsigned char *own_tx, int policy, pgfan_receiver_result *res,
-                     pgfan_fault *first_error)
+                     const unsigned char *own_tx, const pgfan_options *o,
+                     pgfan_receiver_result *res, pgfan_fault *first_error)
 {
     size_t committed = 0;
     int stop = 0;
@@ -84,11 +93,11 @@ static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
         if (PQstatus(targets[i]) == CONNECTION_BAD)
             continue;
         if (!may) {
-            exec_simple(targets[i], "ROLLBACK", (int)i, res[i].label, NULL);
+            exec_tx(targets[i], TX_ROLLBACK, o, (int)i, res[i].label, NULL);
             continue;
         }
         pgfan_fault f;
-        if (exec_simple(targets[i], "COMMIT", (int)i, res[i].label, &f) == 0) {
+        if (exec_tx(targets[i], TX_COMMIT, o, (int)i, res[i].label, &f) == 0) {
             committed++;
             continue;
         }
@@ -100,7 +109,7 @@ static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
         }
         if (!first_error->message[0])
             *first_error = f;
-        stop = policy == PGFAN_POLICY_ABORT;
+        stop = o->policy == PGFAN_POLICY_ABORT;
     }
     return committed;
 }
@@ -132,15 +141,19 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
         rc = PGFAN_ENOMEM;
         goto out;
     }
-    rc = build(&m, source, copy_to_sql, ntargets, targets, copy_from_sql, opts);
-    if (rc == PGFAN_OK && begin_all(ntargets, targets, own_tx, &error) != 0)
+    pgfan_options o;
+    if (opts)
+        o = *opts;
+    else
+        pgfan_options_init(&o);
+    rc = build(&m, source, copy_to_sql, ntargets, targets, copy_from_sql, &o);
+    if (rc == PGFAN_OK && begin_all(ntargets, targets, own_tx, &o, &error) != 0)
         rc = error.code;
     if (rc == PGFAN_OK)
         rc = pgfan_manager_run(m);
     for (size_t i = 0; m && i < ntargets; i++)
         pgfan_manager_receiver(m, i, &res[i]);
-    size_t committed = settle(m, ntargets, targets, own_tx,
-                              opts ? opts->policy : PGFAN_POLICY_ABORT, res, &error);
+    size_t committed = settle(m, ntargets, targets, own_tx, &o, res, &error);
     if (result)
         result->committed = committed;
     if (committed > 0 && committed < ntargets)

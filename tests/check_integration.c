@@ -3,9 +3,12 @@
  * own source table, fans it out over separate connections, and asserts row
  * counts, content checksums and that every connection is usable afterwards.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <pgfan.h>
 
@@ -615,6 +618,94 @@ START_TEST(transfer_over_tls)
 }
 END_TEST
 
+/* ---- endings ---- */
+
+typedef struct commit_watch {
+    volatile sig_atomic_t interrupt;
+    int seen; /* the COMMIT was seen waiting */
+} commit_watch;
+
+/* Raises the interrupt once a backend of database lib_sync waits for its
+ * synchronous standby, that is, inside COMMIT (bounded: about a minute). */
+static void *interrupt_the_waiting_commit(void *arg)
+{
+    commit_watch *w = arg;
+    PGconn *admin = pgt_connect();
+    for (int tries = 0; tries < 6000 && !w->seen; tries++) {
+        char *n =
+            pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                             "'lib_sync' AND wait_event = 'SyncRep'");
+        w->seen = strcmp(n, "0") != 0;
+        free(n);
+        struct timespec ts = {0, 10 * 1000000L}; /* polls a state; no timing bet */
+        nanosleep(&ts, NULL);
+    }
+    w->interrupt = 1;
+    PQfinish(admin);
+    return NULL;
+}
+
+/* pgfan_transfer's own COMMIT yields to the caller's interrupt: one that
+ * waits (here for a synchronous standby that does not exist) is cancelled
+ * and its answer read.  The server had committed locally, so the call says
+ * committed, and the target holds every row. */
+START_TEST(an_interrupted_commit_says_what_the_server_did)
+{
+    PGconn *admin = pgt_connect();
+    char src[64];
+    pgt_name(src, sizeof src, "sync");
+    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(admin,
+             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+             src);
+    char *has =
+        pgt_value(admin, "SELECT count(*) FROM pg_database WHERE datname = 'lib_sync'");
+    if (strcmp(has, "0") == 0)
+        pgt_exec(admin, "CREATE DATABASE lib_sync");
+    free(has);
+    pgt_exec(admin, "ALTER DATABASE lib_sync SET synchronous_commit = on");
+    char sync[1200];
+    snprintf(sync, sizeof sync, "%s dbname=lib_sync", getenv("PGFAN_TEST_CONNINFO"));
+    PGconn *target = PQconnectdb(sync);
+    ck_assert_int_eq(PQstatus(target), CONNECTION_OK);
+    pgt_exec(target, "SET synchronous_commit = local");
+    pgt_exec(target, "DROP TABLE IF EXISTS %s", src);
+    pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(target, "SET synchronous_commit = on");
+    pgt_exec(admin, "ALTER SYSTEM SET synchronous_standby_names = 'pgfan_nobody'");
+    pgt_exec(admin, "SELECT pg_reload_conf()");
+    commit_watch w = {0, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_waiting_commit, &w), 0);
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.interrupt = &w.interrupt;
+    char out_sql[128], in_sql[128];
+    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
+    const char *in_ptr[1] = {in_sql};
+    PGconn *source = pgt_connect();
+    pgfan_transfer_result res;
+    int rc = pgfan_transfer(source, out_sql, 1, &target, in_ptr, &o, &res, NULL);
+    pthread_join(th, NULL);
+    pgt_exec(admin, "ALTER SYSTEM RESET synchronous_standby_names");
+    pgt_exec(admin, "SELECT pg_reload_conf()");
+    ck_assert_msg(w.seen, "the COMMIT never waited");
+    ck_assert_status(rc, PGFAN_OK);
+    ck_assert_uint_eq(res.committed, 1);
+    pgt_assert_usable(target);
+    char *want = pgt_checksum(admin, src);
+    char *got = pgt_checksum(target, src);
+    ck_assert_str_eq(got, want);
+    free(got), free(want);
+    pgt_exec(target, "DROP TABLE %s", src);
+    PQfinish(target);
+    PQfinish(source);
+    pgt_exec(admin, "DROP TABLE %s", src);
+    PQfinish(admin);
+}
+END_TEST
+
 static Suite *integration_suite(void)
 {
     Suite *s = suite_create("integration");
@@ -647,6 +738,10 @@ static Suite *integration_suite(void)
     tcase_add_test(refuse, caller_transaction_is_left_to_the_caller);
     tcase_add_test(refuse, same_connection_twice_is_refused);
     suite_add_tcase(s, refuse);
+    TCase *endings = tcase_create("endings");
+    tcase_set_timeout(endings, 300);
+    tcase_add_test(endings, an_interrupted_commit_says_what_the_server_did);
+    suite_add_tcase(s, endings);
     return s;
 }
 
