@@ -701,8 +701,9 @@ START_TEST(an_unanswered_rollback_is_given_up)
     new_tables(table, 3000);
     PGconn *t = db(1), *blocker = db(1), *admin = db(0);
     pgt_exec(
-        t, "ALTER TABLE %s ADD CONSTRAINT once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
-        table);
+        t,
+        "ALTER TABLE %s ADD CONSTRAINT %s_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
+        table, table);
     PQfinish(t);
     pgt_exec(blocker, "BEGIN");
     pgt_exec(blocker, "INSERT INTO %s (id) VALUES (1)", table);
@@ -1037,10 +1038,10 @@ START_TEST(deferred_constraint_fails_before_any_commit)
     char table[64];
     new_tables(table, 3000);
     PGconn *t = db(1);
-    pgt_exec(
-        t,
-        "ALTER TABLE %s ADD CONSTRAINT once UNIQUE (flag) DEFERRABLE INITIALLY DEFERRED",
-        table);
+    pgt_exec(t,
+             "ALTER TABLE %s ADD CONSTRAINT %s_once UNIQUE (flag) DEFERRABLE INITIALLY "
+             "DEFERRED",
+             table, table);
     PQfinish(t);
     cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
                         conninfo[3], "--table", table, "--no-progress", NULL);
@@ -1209,12 +1210,7 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
     char table[64];
     new_tables(table, 1000);
     PGconn *admin = db(0);
-    char *has =
-        pgt_value(admin, "SELECT count(*) FROM pg_database WHERE datname = 'cli_sync'");
-    if (strcmp(has, "0") == 0)
-        pgt_exec(admin, "CREATE DATABASE cli_sync");
-    free(has);
-    pgt_exec(admin, "ALTER DATABASE cli_sync SET synchronous_commit = on");
+    pgt_sync_database(admin, "cli_sync");
     char sync[1200];
     snprintf(sync, sizeof sync, "%s dbname=cli_sync", base);
     PGconn *sc = PQconnectdb(sync);
@@ -1222,8 +1218,7 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
     pgt_exec(sc, "SET synchronous_commit = local");
     pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
     pgt_mixed_table(sc, table, 0);
-    pgt_exec(admin, "ALTER SYSTEM SET synchronous_standby_names = 'pgfan_nobody'");
-    pgt_exec(admin, "SELECT pg_reload_conf()");
+    pgt_missing_standby(admin, 1);
     char *argv[] = {"pgfan",
                     "-s",
                     conninfo[0],
@@ -1245,8 +1240,7 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
         pgt_exec(admin, "SELECT pg_terminate_backend(%d)", backend);
         killed++;
     }
-    pgt_exec(admin, "ALTER SYSTEM RESET synchronous_standby_names");
-    pgt_exec(admin, "SELECT pg_reload_conf()");
+    pgt_missing_standby(admin, 0);
     cli_run r = cli_finish(pid, out, err);
     ck_assert_msg(killed >= 1, "no commit waited: %s", r.err);
     ck_assert_msg(r.code == 0, "exit %d after %d lost answers: %s", r.code, killed,

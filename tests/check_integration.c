@@ -658,12 +658,7 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgt_exec(admin,
              "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
              src);
-    char *has =
-        pgt_value(admin, "SELECT count(*) FROM pg_database WHERE datname = 'lib_sync'");
-    if (strcmp(has, "0") == 0)
-        pgt_exec(admin, "CREATE DATABASE lib_sync");
-    free(has);
-    pgt_exec(admin, "ALTER DATABASE lib_sync SET synchronous_commit = on");
+    pgt_sync_database(admin, "lib_sync");
     char sync[1200];
     snprintf(sync, sizeof sync, "%s dbname=lib_sync", getenv("PGFAN_TEST_CONNINFO"));
     PGconn *target = PQconnectdb(sync);
@@ -672,8 +667,7 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgt_exec(target, "DROP TABLE IF EXISTS %s", src);
     pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
     pgt_exec(target, "SET synchronous_commit = on");
-    pgt_exec(admin, "ALTER SYSTEM SET synchronous_standby_names = 'pgfan_nobody'");
-    pgt_exec(admin, "SELECT pg_reload_conf()");
+    pgt_missing_standby(admin, 1);
     commit_watch w = {0, 0};
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_waiting_commit, &w), 0);
@@ -688,8 +682,7 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgfan_transfer_result res;
     int rc = pgfan_transfer(source, out_sql, 1, &target, in_ptr, &o, &res, NULL);
     pthread_join(th, NULL);
-    pgt_exec(admin, "ALTER SYSTEM RESET synchronous_standby_names");
-    pgt_exec(admin, "SELECT pg_reload_conf()");
+    pgt_missing_standby(admin, 0);
     ck_assert_msg(w.seen, "the COMMIT never waited");
     ck_assert_status(rc, PGFAN_OK);
     ck_assert_uint_eq(res.committed, 1);

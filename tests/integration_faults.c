@@ -558,9 +558,10 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
     isolate_target(&f, 1);
-    /* 1 s, not less: on a loaded machine a running target can pause that
-     * long, and it must not be the one stalled out. */
-    pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 1000);
+    /* 5 s: under valgrind on a loaded machine (two test runs at once) a
+     * running target paused for over 1 s, and it must not be the one
+     * stalled out. */
+    pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 5000);
     gate_close(admin);
     pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
     add_statement_receivers(m, &f);
@@ -623,7 +624,7 @@ START_TEST(lock_blocked_target_is_stalled_and_cancelled)
     pgt_exec(f.targets[1], "ALTER TABLE %s ADD PRIMARY KEY (id)", f.tables[1]);
     pgt_exec(blocker, "BEGIN");
     pgt_exec(blocker, "INSERT INTO %s (id) VALUES (3000)", f.tables[1]);
-    pgfan_options o = options(PGFAN_POLICY_DROP, 0, 300);
+    pgfan_options o = options(PGFAN_POLICY_DROP, 0, 5000); /* as above */
     o.realign_timeout_ms = 4000; /* the cancel follows CopyFail after 1 s */
     pgfan_manager *m = statement_manager(f.source, "COPY " SOURCE " TO STDOUT", &o);
     add_statement_receivers(m, &f);

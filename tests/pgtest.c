@@ -126,6 +126,23 @@ void pgt_mixed_table(PGconn *c, const char *name, long rows)
         name, rows);
 }
 
+void pgt_sync_database(PGconn *admin, const char *name)
+{
+    char *has =
+        pgt_value(admin, "SELECT count(*) FROM pg_database WHERE datname = '%s'", name);
+    if (strcmp(has, "0") == 0)
+        pgt_exec(admin, "CREATE DATABASE %s", name);
+    free(has);
+    pgt_exec(admin, "ALTER DATABASE %s SET synchronous_commit = on", name);
+}
+
+void pgt_missing_standby(PGconn *admin, int on)
+{
+    pgt_exec(admin, on ? "ALTER SYSTEM SET synchronous_standby_names = 'pgfan_nobody'"
+                       : "ALTER SYSTEM RESET synchronous_standby_names");
+    pgt_exec(admin, "SELECT pg_reload_conf()");
+}
+
 void pgt_empty_copy(PGconn *c, const char *name, const char *like)
 {
     pgt_exec(c, "CREATE TABLE %s (LIKE %s)", name, like);

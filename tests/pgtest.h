@@ -26,6 +26,11 @@ void pgt_name(char *buf, size_t len, const char *prefix);
 void pgt_mixed_table(PGconn *c, const char *name, long rows);
 /* An empty table with the same columns as `like`. */
 void pgt_empty_copy(PGconn *c, const char *name, const char *like);
+/* Database `name` (created if missing) whose sessions commit synchronously:
+ * while pgt_missing_standby(admin, 1) is in force, every COMMIT there
+ * commits locally and then waits for a standby that never comes. */
+void pgt_sync_database(PGconn *admin, const char *name);
+void pgt_missing_standby(PGconn *admin, int on);
 
 /* A growing byte buffer, e.g. what a call receiver was given. */
 typedef struct pgt_buffer {
