@@ -621,11 +621,19 @@ END_TEST
 /* ---- endings ---- */
 
 typedef struct commit_watch {
-    volatile sig_atomic_t interrupt;
-    int seen; /* the COMMIT was seen waiting */
+    pthread_t caller; /* the thread inside pgfan_transfer */
+    int seen;         /* the COMMIT was seen waiting */
 } commit_watch;
 
-/* Raises the interrupt once a backend of database lib_sync waits for its
+/* Set the way the interrupt is meant to be set: by a signal handler. */
+static volatile sig_atomic_t commit_interrupt;
+
+static void on_commit_signal(int sig)
+{
+    commit_interrupt = sig;
+}
+
+/* Signals the caller once a backend of database lib_sync waits for its
  * synchronous standby, that is, inside COMMIT (bounded: about a minute). */
 static void *interrupt_the_waiting_commit(void *arg)
 {
@@ -640,7 +648,7 @@ static void *interrupt_the_waiting_commit(void *arg)
         struct timespec ts = {0, 10 * 1000000L}; /* polls a state; no timing bet */
         nanosleep(&ts, NULL);
     }
-    w->interrupt = 1;
+    pthread_kill(w->caller, SIGUSR1);
     PQfinish(admin);
     return NULL;
 }
@@ -668,12 +676,17 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
     pgt_exec(target, "SET synchronous_commit = on");
     pgt_missing_standby(admin, 1);
-    commit_watch w = {0, 0};
+    struct sigaction sa = {0}, was;
+    sa.sa_handler = on_commit_signal;
+    sigemptyset(&sa.sa_mask);
+    ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
+    commit_interrupt = 0;
+    commit_watch w = {pthread_self(), 0};
     pthread_t th;
     ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_waiting_commit, &w), 0);
     pgfan_options o;
     pgfan_options_init(&o);
-    o.interrupt = &w.interrupt;
+    o.interrupt = &commit_interrupt;
     char out_sql[128], in_sql[128];
     snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
     snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
@@ -682,6 +695,7 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgfan_transfer_result res;
     int rc = pgfan_transfer(source, out_sql, 1, &target, in_ptr, &o, &res, NULL);
     pthread_join(th, NULL);
+    sigaction(SIGUSR1, &was, NULL);
     pgt_missing_standby(admin, 0);
     ck_assert_msg(w.seen, "the COMMIT never waited");
     ck_assert_status(rc, PGFAN_OK);
