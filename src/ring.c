@@ -425,8 +425,14 @@ void fan_ring_spill_done(fan_ring *r, size_t reader)
 {
     /* J3: after our last read of the journal. */
     if (atomic_exchange_explicit(&r->readers[reader].spill, FAN_SPILL_NONE,
-                                 memory_order_seq_cst) != FAN_SPILL_NONE)
-        atomic_fetch_sub_explicit(&r->journal->spilled, 1, memory_order_seq_cst);
+                                 memory_order_seq_cst) == FAN_SPILL_NONE)
+        return;
+    atomic_fetch_sub_explicit(&r->journal->spilled, 1, memory_order_seq_cst);
+    /* A full journal's end slot may have been held for us (scan_min), and
+     * a reader that leaves without re-joining frees no cursor, so nothing
+     * else would wake a writer asleep on it.  The eventfd keeps the kick
+     * for a writer that checked `spilled` just before our decrement. */
+    fan_waiter_kick(&r->writer);
 }
 
 void fan_ring_spill_replay(fan_ring *r, size_t reader)

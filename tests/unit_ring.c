@@ -1,5 +1,6 @@
-/* The broadcast ring: semantics, wrap-around, gating, and a threaded stress
- * test in which every reader checks every payload. */
+/* The broadcast ring: semantics, wrap-around, gating, and threaded stress
+ * tests in which every reader checks every payload, one of them replaying a
+ * kept spill journal. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -326,6 +327,171 @@ START_TEST(stress_every_reader_checks_every_payload)
 }
 END_TEST
 
+/* ---- threaded stress: a retry replays a kept journal (J4) ---- */
+
+#define REPLAY_SLOTS  100000ULL
+#define REPLAY_PASSES 7
+
+typedef struct replay_stress {
+    fan_ring ring;
+    fan_journal journal;
+    uint64_t bad0, seen0;  /* the reader that never fails */
+    uint64_t bad1;         /* the retrying reader: slots not as written */
+    uint64_t out_of_order; /* a pass that did not read 0, 1, 2, ... */
+    int passes_done;       /* passes that read the whole stream */
+    int gave_up;           /* a pass found the journal not whole */
+    int held_rejoins;      /* re-joins at the end of a full journal */
+} replay_stress;
+
+/* The retrying reader in the ring from `seq` until `stop` (it fails there)
+ * or the end.  Returns where it stopped. */
+static uint64_t replay_read_ring(replay_stress *st, uint64_t seq, uint64_t stop)
+{
+    fan_ring *r = &st->ring;
+    while (seq != REPLAY_SLOTS && seq != stop) {
+        if (!fan_ring_wait_data(r, 1, seq, NULL, 0, -1))
+            continue;
+        uint64_t head = fan_ring_head(r);
+        for (; seq != head && seq != stop; seq++)
+            st->bad1 += !payload_ok(fan_ring_slot(r, seq), seq);
+        fan_ring_release(r, 1, seq);
+    }
+    if (seq == stop)
+        fan_ring_leave(r, 1); /* fails: holds no slot, stops gating */
+    return seq;
+}
+
+/* One retry as a receiver's reload does it: counted as a journal reader,
+ * then the check that the journal is whole (J4); the journal from record
+ * 0 until it can re-join the ring (held at a full journal's end, else only
+ * if its data is intact), then the ring.  Fails again at `stop`. */
+static void replay_pass(replay_stress *st, uint64_t stop)
+{
+    fan_ring *r = &st->ring;
+    fan_slot rec = {0};
+    uint64_t seq = 0, offset = 0;
+    fan_ring_spill_replay(r, 1);
+    if (!fan_journal_whole(&st->journal)) {
+        fan_ring_spill_done(r, 1);
+        st->gave_up = 1;
+        return;
+    }
+    for (;;) {
+        uint64_t head = fan_ring_head(r); /* J1: head before the journal's end */
+        if (seq == REPLAY_SLOTS || seq == stop)
+            break;
+        if (head - seq + r->publish_batch <= r->nslots / 2) {
+            fan_ring_set_cursor(r, 1, seq);
+            if (fan_ring_join(r, 1) == 0) {
+                fan_ring_spill_done(r, 1);
+                seq = replay_read_ring(st, seq, stop);
+                goto out;
+            }
+        }
+        if (seq != fan_journal_end(&st->journal)) {
+            uint64_t at = offset;
+            if (fan_journal_read(&st->journal, &offset, seq, &rec, 0) != 0 ||
+                offset == at) {
+                st->out_of_order++;
+                break;
+            }
+            st->bad1 += !payload_ok(&rec, seq);
+            fan_ring_set_cursor(r, 1, ++seq);
+        } else if (seq != head) {
+            /* Only a full journal ends below head: its end slot is kept. */
+            fan_ring_set_cursor(r, 1, seq);
+            fan_ring_rejoin_held(r, 1);
+            fan_ring_spill_done(r, 1);
+            st->held_rejoins++;
+            seq = replay_read_ring(st, seq, stop);
+            goto out;
+        } else {
+            fan_ring_wait_data(r, 1, seq, NULL, 0, 1);
+        }
+    }
+    fan_ring_spill_done(r, 1);
+out:
+    st->passes_done += seq == REPLAY_SLOTS;
+    free(rec.data);
+}
+
+static void *replay_reader(void *arg)
+{
+    replay_stress *st = arg;
+    /* Fails after an eighth of the stream, then on each retry an eighth
+     * later, until the last pass, which reads to the end. */
+    replay_read_ring(st, 0, REPLAY_SLOTS / 8);
+    for (int k = 2; k <= REPLAY_PASSES + 1 && !st->gave_up; k++)
+        replay_pass(st, k <= REPLAY_PASSES ? REPLAY_SLOTS * k / 8 : UINT64_MAX);
+    return NULL;
+}
+
+static void *steady_reader(void *arg)
+{
+    replay_stress *st = arg;
+    uint64_t cursor = 0;
+    while (cursor != REPLAY_SLOTS) {
+        if (!fan_ring_wait_data(&st->ring, 0, cursor, NULL, 0, -1))
+            continue;
+        uint64_t head = fan_ring_head(&st->ring);
+        for (; cursor != head; cursor++) {
+            st->bad0 += !payload_ok(fan_ring_slot(&st->ring, cursor), cursor);
+            st->seen0++;
+        }
+        fan_ring_release(&st->ring, 0, cursor);
+    }
+    return NULL;
+}
+
+/* A kept journal (retries) with a budget for the whole stream, a third of
+ * it, or two thirds: a reader fails and replays from slot 0 again and
+ * again while the writer runs on.  Every replay reads every payload in
+ * order, or finds at its start that the journal is no longer whole; a
+ * replay under way when the journal fills re-joins the ring at its end,
+ * where the slot must still be the one the journal ends before. */
+START_TEST(stress_replays_of_a_kept_journal)
+{
+    static const uint64_t budget[] = {64 << 20, 3 << 20, 6 << 20};
+    replay_stress *st = calloc(1, sizeof *st);
+    ck_assert_ptr_nonnull(st);
+    ck_assert_int_eq(fan_ring_init(&st->ring, _i < 3 ? 8 : 64, 256, 2, 0), 0);
+    ck_assert_int_eq(fan_journal_open(&st->journal, NULL, budget[_i % 3]), 0);
+    st->journal.keep = 1;
+    fan_journal_start(&st->journal, 0);
+    st->ring.journal = &st->journal;
+    pthread_t t[2];
+    ck_assert_int_eq(pthread_create(&t[0], NULL, steady_reader, st), 0);
+    ck_assert_int_eq(pthread_create(&t[1], NULL, replay_reader, st), 0);
+    for (uint64_t seq = 0; seq != REPLAY_SLOTS; seq++) {
+        while (!fan_ring_wait_space(&st->ring, -1))
+            ;
+        fan_slot *s = fan_ring_claim(&st->ring);
+        s->len = fill_payload(s->data, seq);
+        fan_ring_publish(&st->ring);
+        if (seq % 37 == 0)
+            fan_ring_flush(&st->ring);
+    }
+    fan_ring_close(&st->ring, FAN_RING_ENDED);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    ck_assert_uint_eq(st->seen0, REPLAY_SLOTS);
+    ck_assert_uint_eq(st->bad0, 0);
+    ck_assert_uint_eq(st->bad1, 0);
+    ck_assert_uint_eq(st->out_of_order, 0);
+    int overflowed = atomic_load(&st->journal.overflowed);
+    if (_i % 3 == 0) /* the whole stream fits: every retry succeeds */
+        ck_assert_int_eq(overflowed, 0);
+    else
+        ck_assert_int_eq(overflowed, 1);
+    ck_assert_int_eq(st->gave_up, st->passes_done == 0);
+    ck_assert_int_le(st->gave_up, overflowed);
+    ck_assert_int_eq(atomic_load(&st->journal.spilled), 0);
+    fan_journal_close(&st->journal);
+    fan_ring_destroy(&st->ring);
+    free(st);
+}
+END_TEST
+
 Suite *ring_suite(void)
 {
     Suite *s = suite_create("ring");
@@ -345,6 +511,7 @@ Suite *ring_suite(void)
     TCase *tc_stress = tcase_create("stress");
     tcase_set_timeout(tc_stress, 600);
     tcase_add_loop_test(tc_stress, stress_every_reader_checks_every_payload, 0, 6);
+    tcase_add_loop_test(tc_stress, stress_replays_of_a_kept_journal, 0, 6);
     suite_add_tcase(s, tc_stress);
     return s;
 }
