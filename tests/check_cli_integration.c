@@ -973,6 +973,122 @@ START_TEST(a_target_server_restarted_mid_stream_is_reloaded)
 }
 END_TEST
 
+/* Polls the file until it contains `text`, for about `seconds`; returns 1
+ * when it does. */
+static int file_says_within(const char *path, const char *text, int seconds)
+{
+    for (int tries = 0; tries < seconds * 50; tries++) {
+        char *now = cli_slurp(path);
+        int found = now && strstr(now, text) != NULL;
+        free(now);
+        if (found)
+            return 1;
+        sleep_ms(20); /* a poll for a state, bounded by the loop */
+    }
+    return 0;
+}
+
+/*
+ * --retries while another target stops: target 2's server goes down (and
+ * stays down) while the source is held at its middle row; once pgfan says
+ * it is reconnecting, target 3's backend is stopped and the source let go.
+ * The reconnection must not hold up the rest of the copy: target 3 is
+ * reported stalled and dropped while target 2's server is still down,
+ * well inside the minute a reconnection may take.  Then target 2's server
+ * comes back, target 2 is reloaded from the journal, and targets 1 and 2
+ * commit the source's values (exit 3: target 3 was dropped).
+ */
+START_TEST(a_reconnecting_target_holds_no_other_back)
+{
+    const long nrows = 60000;
+    char table[64], dir[] = "/tmp/pgfan-down.XXXXXX", lost[1024], line[1024];
+    new_tables(table, nrows);
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    harness("start", dir, lost, sizeof lost);
+    PGconn *c = PQconnectdb(lost);
+    ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+    pgt_mixed_table(c, table, 0);
+    pgt_exec(c, "CHECKPOINT"); /* its server runs with synchronous_commit off */
+    PQfinish(c);
+    PGconn *admin = db(0), *gate = db(0);
+    pgt_exec(gate, "SELECT pg_advisory_lock(819)");
+    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
+    close(mkstemp(report));
+    snprintf(
+        query, sizeof query,
+        "SELECT * FROM %s WHERE id <> %ld OR pg_advisory_lock_shared(819) IS NOT NULL "
+        "/* reconnect_gate */",
+        table, nrows / 2);
+    char *argv[] = {"pgfan",
+                    "-s",
+                    conninfo[0],
+                    "-t",
+                    conninfo[1],
+                    "-t",
+                    lost,
+                    "-t",
+                    conninfo[2],
+                    "--query",
+                    query,
+                    "--into",
+                    table,
+                    "--truncate",
+                    "--retries",
+                    "2",
+                    "--on-fault",
+                    "drop",
+                    "--stall-timeout",
+                    "2",
+                    "--report",
+                    report,
+                    "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    ck_assert_int_ne(
+        wait_for_running(admin, PQdb(admin), "reconnect_gate", "Lock:advisory", pid), 0);
+    ck_assert_msg(private_copy_passes(lost, 0), "target 2's COPY never got rows");
+    harness("down", dir, line, sizeof line);
+    ck_assert_msg(file_says_within(err, "reconnecting to load it again", 120),
+                  "pgfan did not notice that target 2's server went away");
+    int backend =
+        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
+    ck_assert_int_ne(backend, 0);
+    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
+    pgt_exec(gate, "SELECT pg_advisory_unlock(819)");
+    int stalled = file_says_within(err, "held the copy back", 45);
+    kill(backend, SIGCONT);
+    harness("up", dir, line, sizeof line);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(stalled, "target 3's stall waited for target 2's reconnection: %s",
+                  r.err);
+    ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 3 (") != NULL, "%s", r.err);
+    char *json = cli_slurp(report);
+    const char *second = strstr(json, "\"targets\": [");
+    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
+    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
+    ck_assert_msg(second && strncmp(second, "\"retries\": 1,", 13) == 0, "%s", json);
+    char *want = source_checksum(table);
+    assert_target(1, table, want);
+    assert_target(2, table, "0:0");
+    c = PQconnectdb(lost);
+    char *got = pgt_checksum(c, table);
+    ck_assert_msg(strcmp(got, want) == 0, "the reconnected target holds %s, want %s", got,
+                  want);
+    free(got);
+    PQfinish(c);
+    free(want);
+    free(json);
+    unlink(report);
+    cli_free(&r);
+    PQfinish(gate);
+    PQfinish(admin);
+    harness("stop", dir, line, sizeof line);
+    drop_tables(table);
+}
+END_TEST
+
 /* --retries reloads only targets whose server went away: a row a target
  * rejects (a CHECK constraint) fails the copy as before, with no retry. */
 START_TEST(a_rejected_row_is_not_retried)
@@ -1405,6 +1521,7 @@ static Suite *cli_suite(void)
     tcase_add_loop_test(spill, a_stopped_target_reads_on_from_the_spill_journal, 0, 2);
     tcase_add_loop_test(spill, a_rate_limited_target_trails_while_the_others_load, 0, 2);
     tcase_add_loop_test(spill, a_target_server_restarted_mid_stream_is_reloaded, 0, 2);
+    tcase_add_test(spill, a_reconnecting_target_holds_no_other_back);
     tcase_add_test(spill, a_rejected_row_is_not_retried);
     suite_add_tcase(s, spill);
     return s;

@@ -6,6 +6,8 @@
 #   pg-harness.sh stop DIR    stop that server and remove DIR
 #   pg-harness.sh restart DIR restart it in immediate mode (a crash, to its
 #                             clients)
+#   pg-harness.sh down DIR    stop it in immediate mode, keeping DIR
+#   pg-harness.sh up DIR      start it again after down, on the same port
 #
 # initdb refuses to run as root, so as root the server runs as the
 # unprivileged user $PGFAN_PG_USER (default: postgres).  $PGFAN_PG_OPTIONS
@@ -101,9 +103,21 @@ restart() {
     }
 }
 
+down() {
+    bin=$(pg_bindir)
+    as_owner "$bin/pg_ctl" -D "$1/data" -m immediate -w -t 30 stop >/dev/null 2>&1
+}
+
+# pg_ctl restart starts a stopped server with the options it last ran with.
+up() {
+    restart "$1"
+}
+
 case "${1:-}" in
 start) start "$2" ;;
 stop) stop "$2" ;;
 restart) restart "$2" ;;
-*) echo "usage: pg-harness.sh start|stop|restart DIR" >&2; exit 2 ;;
+down) down "$2" ;;
+up) up "$2" ;;
+*) echo "usage: pg-harness.sh start|stop|restart|down|up DIR" >&2; exit 2 ;;
 esac

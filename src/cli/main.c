@@ -25,6 +25,8 @@
 /* How long a target's server that went away may take to accept
  * connections again, per retry (a restart with crash recovery). */
 #define RETRY_CONNECT_MS 60000
+/* How long a reconnection may hold up transfer()'s loop per cycle. */
+#define RETRY_STEP_MS 50
 /* Faults are held this long for on_fault() (which settles each at once). */
 #define RETRY_HOLD_MS 3600000
 
@@ -204,17 +206,20 @@ static void commit_if_done(run *r, pgfan_manager *m, size_t i)
         commit_early(r, i, res.rows);
 }
 
-/* Target i lost its server mid-copy: a new connection, its transaction
- * opened as begin_all() did, and the library reloads it from the journal
- * while the others go on. */
-static int retry_target(run *r, pgfan_manager *m, size_t i)
+/* Lost targets being reconnected (--retries).  Each is advanced for at
+ * most RETRY_STEP_MS per cycle of transfer()'s loop, so that the copy, the
+ * stall watch, the progress and Ctrl-C go on while its server comes back. */
+typedef struct retrying {
+    int pending[MAX_TARGETS];
+    reconnecting rc[MAX_TARGETS];
+} retrying;
+
+/* Target i has a new connection: its transaction opened as begin_all()
+ * did, and the library reloads it from the journal while the others go
+ * on.  Returns 0, or -1 (printed). */
+static int reload_target(run *r, pgfan_manager *m, size_t i)
 {
     cli_fail f;
-    r->in_tx[i] = 0; /* gone with the old connection */
-    if (reconnect_target_within(r, i, RETRY_CONNECT_MS, &f) != 0) {
-        print_fail(r, &f);
-        return -1;
-    }
     if (begin_one(r, i) != 0)
         return -1;
     int rc = pgfan_manager_retry(m, i, r->targets[i]);
@@ -225,9 +230,36 @@ static int retry_target(run *r, pgfan_manager *m, size_t i)
     return -1;
 }
 
+static void advance_retries(run *r, pgfan_manager *m, retrying *rt, progress_view *view)
+{
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        cli_fail f;
+        if (!rt->pending[i] || cli_interrupted)
+            continue;
+        int got = reconnect_step(r, i, &rt->rc[i], RETRY_STEP_MS, &f);
+        if (got == 0)
+            continue;
+        rt->pending[i] = 0;
+        progress_clear(view);
+        if (got < 0)
+            print_fail(r, &f);
+        if (got < 0 || reload_target(r, m, i) != 0)
+            pgfan_manager_drop(m, i);
+    }
+}
+
+static void abandon_retries(run *r, retrying *rt)
+{
+    for (size_t i = 0; i < r->opt.ntargets; i++)
+        if (rt->pending[i]) {
+            reconnect_abandon(&rt->rc[i]);
+            rt->pending[i] = 0;
+        }
+}
+
 /* A fault: said, and settled at once, unless a lost target can be
- * reloaded (--retries). */
-static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault)
+ * reloaded (--retries): then its reconnection begins. */
+static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault, retrying *rt)
 {
     cli_fail f;
     char who[1200];
@@ -249,8 +281,9 @@ static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault)
                 who_name(r, (int)i, who, sizeof who), f.message,
                 f.sqlstate[0] ? " (SQLSTATE " : "", f.sqlstate, f.sqlstate[0] ? ")" : "",
                 res.retries + 1, r->opt.retries);
-    if (retry_target(r, m, i) != 0)
-        pgfan_manager_drop(m, i);
+    r->in_tx[i] = 0; /* gone with the old connection */
+    reconnect_begin(r, i, RETRY_CONNECT_MS, &rt->rc[i]);
+    rt->pending[i] = 1;
 }
 
 /* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
@@ -265,11 +298,18 @@ static int transfer(run *r, pgfan_manager *m)
         !r->opt.quiet && (r->opt.progress == 1 || (r->opt.progress == -1 && view.tty));
     pgfan_event ev;
     cli_fail f;
+    retrying *rt = calloc(1, sizeof *rt);
     if (!show)
         view.tty = 0;
+    if (!rt) {
+        pgfan_manager_abort(m, "pgfan: out of memory");
+        return PGFAN_ENOMEM;
+    }
     do {
         if (interrupted) {
             progress_clear(&view);
+            abandon_retries(r, rt);
+            free(rt);
             pgfan_manager_abort(m, "pgfan: interrupted");
             return PGFAN_EABORTED;
         }
@@ -277,7 +317,7 @@ static int transfer(run *r, pgfan_manager *m)
             break;
         if (ev.type == PGFAN_EVENT_FAULT) {
             progress_clear(&view);
-            on_fault(r, m, &ev.fault);
+            on_fault(r, m, &ev.fault, rt);
         } else if (ev.type == PGFAN_EVENT_RECEIVER_DONE) {
             commit_if_done(r, m, ev.receiver);
         } else {
@@ -285,8 +325,11 @@ static int transfer(run *r, pgfan_manager *m)
             if (show)
                 progress_draw(&view, m);
         }
+        advance_retries(r, m, rt, &view);
     } while (ev.type != PGFAN_EVENT_END);
     progress_clear(&view);
+    abandon_retries(r, rt); /* none is left unless the copy failed anyway */
+    free(rt);
     size_t seen = pgfan_manager_fault_count(m);
     int rc = pgfan_manager_finish(m);
     /* Faults of the end itself (CopyDone answered with an error, a row

@@ -259,36 +259,63 @@ static long long clock_ms(void)
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-int reconnect_target_within(run *r, size_t i, long window_ms, cli_fail *f)
+void reconnect_begin(run *r, size_t i, long window_ms, reconnecting *rc)
 {
-    long long until = clock_ms() + window_ms;
     PQfinish(r->targets[i]);
     r->targets[i] = NULL;
-    for (;;) {
-        PGconn *c = sql_connect(r->opt.targets[i]);
-        if (!c) {
-            fail_set(f, (int)i, NULL, "interrupted while reconnecting");
-            return -1;
-        }
-        if (PQstatus(c) == CONNECTION_OK) {
-            r->targets[i] = c;
-            if (pin_session(r, &r->targets[i], (int)i) == 0)
-                return 0;
-            fail_set(f, (int)i, NULL, "the new connection could not be set up");
-            return -1;
-        }
-        fail_set(f, (int)i, NULL, "cannot reconnect: %s", PQerrorMessage(c));
-        size_t n = strlen(f->message);
-        while (n > 0 && f->message[n - 1] == '\n')
-            f->message[--n] = '\0';
-        PQfinish(c);
-        if (clock_ms() >= until)
-            return -1;
-        /* A restarting server refuses connections for a while; a signal
-         * ends the wait early and the next sql_connect() sees it. */
-        struct timespec step = {0, RECONNECT_STEP_MS * 1000000L};
-        nanosleep(&step, NULL);
+    memset(rc, 0, sizeof *rc);
+    rc->until = clock_ms() + window_ms;
+}
+
+/* One attempt ended without a connection: said in `f`, and the next one
+ * comes a step later, within the window. */
+static int attempt_failed(reconnecting *rc, size_t i, cli_fail *f)
+{
+    const char *why =
+        rc->attempt.conn ? PQerrorMessage(rc->attempt.conn) : "out of memory";
+    fail_set(f, (int)i, NULL, "cannot reconnect: %s", why);
+    size_t n = strlen(f->message);
+    while (n > 0 && f->message[n - 1] == '\n')
+        f->message[--n] = '\0';
+    PQfinish(rc->attempt.conn);
+    rc->attempt.conn = NULL;
+    rc->trying = 0;
+    /* A restarting server refuses connections for a while. */
+    rc->next_try = clock_ms() + RECONNECT_STEP_MS;
+    return clock_ms() >= rc->until ? -1 : 0;
+}
+
+int reconnect_step(run *r, size_t i, reconnecting *rc, long budget_ms, cli_fail *f)
+{
+    if (!rc->trying) {
+        if (clock_ms() < rc->next_try)
+            return 0;
+        sql_connect_begin(&rc->attempt, r->opt.targets[i]);
+        rc->trying = 1;
     }
+    if (!sql_connect_step(&rc->attempt, budget_ms)) {
+        if (clock_ms() < rc->until)
+            return 0;
+        reconnect_abandon(rc);
+        fail_set(f, (int)i, NULL, "cannot reconnect: the server did not answer in time");
+        return -1;
+    }
+    if (!rc->attempt.conn || PQstatus(rc->attempt.conn) != CONNECTION_OK)
+        return attempt_failed(rc, i, f);
+    r->targets[i] = rc->attempt.conn;
+    rc->attempt.conn = NULL;
+    rc->trying = 0;
+    if (pin_session(r, &r->targets[i], (int)i) == 0)
+        return 1;
+    fail_set(f, (int)i, NULL, "the new connection could not be set up");
+    return -1;
+}
+
+void reconnect_abandon(reconnecting *rc)
+{
+    PQfinish(rc->attempt.conn);
+    rc->attempt.conn = NULL;
+    rc->trying = 0;
 }
 
 int connect_all(run *r)

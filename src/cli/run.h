@@ -72,11 +72,24 @@ int import_snapshot(run *r, PGconn **c, const char *id, cli_fail *f);
 /* Replaces target i's connection with a new pinned one.  Returns 0, or -1
  * (printed; r->targets[i] is NULL). */
 int reconnect_target(run *r, size_t i);
-/* The same for a server that went away and may be coming back: tried until
- * `window_ms` passed, quietly.  Returns 0, or -1 with the last reason in
- * `f` (r->targets[i] is then NULL, or a connection that could not be set
- * up). */
-int reconnect_target_within(run *r, size_t i, long window_ms, cli_fail *f);
+/*
+ * The same for a server that went away and may be coming back, in steps,
+ * so that the caller's loop goes on meanwhile: tried quietly every 250 ms
+ * until `window_ms` passed.  reconnect_begin() closes the old connection;
+ * each reconnect_step() works for at most `budget_ms` and returns 1 once
+ * r->targets[i] is a new pinned connection, 0 while it is not yet, or -1
+ * with the last reason in `f` (r->targets[i] is then NULL, or a connection
+ * that could not be set up).  reconnect_abandon() ends an attempt under way.
+ */
+typedef struct reconnecting {
+    sql_connecting attempt;
+    int trying;                /* `attempt` is under way */
+    long long next_try, until; /* CLOCK_MONOTONIC milliseconds */
+} reconnecting;
+
+void reconnect_begin(run *r, size_t i, long window_ms, reconnecting *rc);
+int reconnect_step(run *r, size_t i, reconnecting *rc, long budget_ms, cli_fail *f);
+void reconnect_abandon(reconnecting *rc);
 /* Connects to the source and every target, pinning their sessions (and,
  * for one table with --snapshot, importing it on the source). */
 int connect_all(run *r);

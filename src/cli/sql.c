@@ -34,14 +34,14 @@ static long now_ms(void)
     return (long)t.tv_sec * 1000L + t.tv_nsec / 1000000L;
 }
 
-/* Waits up to `ms` (-1: no limit) for the socket; returns early on a
- * signal. */
-static void wait_socket(PGconn *c, short events, long ms)
+/* Waits up to `ms` (-1: no limit; at most a second at a time) for the
+ * socket; returns early on a signal.  Returns whether it is ready. */
+static int wait_socket(PGconn *c, short events, long ms)
 {
     struct pollfd pfd = {.fd = PQsocket(c), .events = events};
     if (pfd.fd < 0)
-        return;
-    poll(&pfd, 1, ms < 0 || ms > 1000 ? 1000 : (int)ms);
+        return 1; /* nothing to wait for: libpq says what is wrong */
+    return poll(&pfd, 1, ms < 0 || ms > 1000 ? 1000 : (int)ms) > 0;
 }
 
 static long connect_timeout_ms(const char *conninfo)
@@ -55,29 +55,52 @@ static long connect_timeout_ms(const char *conninfo)
     return ms;
 }
 
+void sql_connect_begin(sql_connecting *a, const char *conninfo)
+{
+    a->conn = PQconnectStart(conninfo);
+    a->status = PGRES_POLLING_WRITING;
+    long limit = connect_timeout_ms(conninfo);
+    a->until = limit > 0 ? now_ms() + limit : -1;
+    if (!a->conn || PQstatus(a->conn) == CONNECTION_BAD)
+        a->status = PGRES_POLLING_FAILED;
+}
+
+int sql_connect_step(sql_connecting *a, long budget_ms)
+{
+    long stop = budget_ms >= 0 ? now_ms() + budget_ms : -1;
+    while (a->status != PGRES_POLLING_OK && a->status != PGRES_POLLING_FAILED) {
+        long now = now_ms();
+        if (a->until > 0 && now >= a->until) {
+            /* A connection that is not OK; the caller reports its error. */
+            PQfinish(a->conn);
+            a->conn = PQconnectStart("pgfan_connect_timeout_expired=1");
+            a->status = PGRES_POLLING_FAILED;
+            break;
+        }
+        if (cli_interrupted || (stop >= 0 && now >= stop))
+            return 0;
+        long wait = a->until > 0 ? a->until - now : -1;
+        if (stop >= 0 && (wait < 0 || stop - now < wait))
+            wait = stop - now;
+        if (!wait_socket(a->conn, a->status == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+                         wait))
+            continue; /* nothing yet: the clocks above decide */
+        a->status = PQconnectPoll(a->conn);
+    }
+    return 1;
+}
+
 PGconn *sql_connect(const char *conninfo)
 {
-    PGconn *c = PQconnectStart(conninfo);
-    if (!c || PQstatus(c) == CONNECTION_BAD)
-        return c;
-    long limit = connect_timeout_ms(conninfo);
-    long until = limit > 0 ? now_ms() + limit : -1;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+    sql_connecting a;
+    sql_connect_begin(&a, conninfo);
+    while (!sql_connect_step(&a, -1)) {
         if (cli_interrupted) {
-            PQfinish(c);
+            PQfinish(a.conn);
             return NULL;
         }
-        if (until > 0 && now_ms() >= until) {
-            /* A connection that is not OK; the caller reports its error. */
-            PQfinish(c);
-            return PQconnectStart("pgfan_connect_timeout_expired=1");
-        }
-        wait_socket(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
-                    until > 0 ? until - now_ms() : -1);
-        st = PQconnectPoll(c);
     }
-    return c;
+    return a.conn;
 }
 
 /* Sends a cancel request; the server answers the statement with 57014. */

@@ -19,6 +19,18 @@ extern volatile sig_atomic_t cli_interrupted;
  * to report, not a reason to die with the targets' outcome untold). */
 void cli_install_signals(void);
 
+/* A connection being made in steps, by a caller with a loop of its own. */
+typedef struct sql_connecting {
+    PGconn *conn; /* the caller's, to check with PQstatus once done */
+    PostgresPollingStatusType status;
+    long until; /* the conninfo's connect_timeout, as a deadline; -1: none */
+} sql_connecting;
+
+void sql_connect_begin(sql_connecting *a, const char *conninfo);
+/* Advances the connection for at most `budget_ms` (-1: until a signal).
+ * Returns 1 once done (OK or failed: see PQstatus), else 0. */
+int sql_connect_step(sql_connecting *a, long budget_ms);
+
 /*
  * Connects like PQconnectdb, waiting at most the conninfo's connect_timeout
  * (if any) and never past a signal.  Returns a connection to check with
