@@ -733,6 +733,7 @@ static Suite *integration_suite(void)
     tcase_add_test(settings, settings_that_do_not_change_data_are_accepted);
     suite_add_tcase(s, settings);
     TCase *tls = tcase_create("tls");
+    tcase_set_timeout(tls, 300); /* TLS handshakes under valgrind on a busy machine */
     tcase_add_test(tls, transfer_over_tls);
     suite_add_tcase(s, tls);
     TCase *refuse = tcase_create("refusals");
