@@ -888,88 +888,120 @@ static int private_copy_passes(const char *where, long rows)
     return 0;
 }
 
-/*
- * --retries: target 2's server is restarted in immediate mode while the
- * source is held back halfway (an advisory lock at row nrows / 2, so the
- * restart lands mid-stream whatever the speeds).  pgfan reconnects, loads
- * target 2 again from the journal, and only then is the source let go:
- * every target ends identical to the source, exit 0, the report says one
- * retry.  Loop 1 does the same under --atomic (all prepared, then all
- * committed; no prepared transaction left behind).
- */
-START_TEST(a_target_server_restarted_mid_stream_is_reloaded)
+/* A --retries run whose second target is a server of the test's own (in
+ * `dir`, reached by `lost`), with the source held at its middle row by the
+ * advisory lock `key` until the test lets go, so that whatever the test
+ * does to that server lands mid-stream whatever the speeds. */
+typedef struct lost_run {
+    long nrows;
+    int key;
+    char table[64], dir[32], lost[1024], line[1024], query[256], report[32];
+    PGconn *gate;
+    char *argv[32];
+    char out[32], err[32];
+    pid_t pid;
+} lost_run;
+
+/* Sets the run up and starts pgfan with the common options and `extra`
+ * (NULL-terminated). */
+static void lost_run_start(lost_run *lr, int key, const char *const *extra)
 {
-    const long nrows = 60000;
-    char table[64], dir[] = "/tmp/pgfan-restart.XXXXXX", lost[1024];
-    new_tables(table, nrows);
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    harness("start", dir, lost, sizeof lost);
-    PGconn *c = PQconnectdb(lost);
+    lr->nrows = 60000;
+    lr->key = key;
+    new_tables(lr->table, lr->nrows);
+    snprintf(lr->dir, sizeof lr->dir, "/tmp/pgfan-lost.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(lr->dir));
+    harness("start", lr->dir, lr->lost, sizeof lr->lost);
+    PGconn *c = PQconnectdb(lr->lost);
     ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
-    pgt_mixed_table(c, table, 0);
+    pgt_mixed_table(c, lr->table, 0);
     pgt_exec(c, "CHECKPOINT"); /* its server runs with synchronous_commit off */
     PQfinish(c);
-    PGconn *gate = db(0);
-    pgt_exec(gate, "SELECT pg_advisory_lock(818)");
-    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
-    close(mkstemp(report));
+    lr->gate = db(0);
+    pgt_exec(lr->gate, "SELECT pg_advisory_lock(%d)", key);
+    snprintf(lr->report, sizeof lr->report, "/tmp/pgfan-cli-report.XXXXXX");
+    close(mkstemp(lr->report));
     snprintf(
-        query, sizeof query,
-        "SELECT * FROM %s WHERE id <> %ld OR pg_advisory_lock_shared(818) IS NOT NULL",
-        table, nrows / 2);
-    char *argv[] = {"pgfan",
-                    "-s",
-                    conninfo[0],
-                    "-t",
-                    conninfo[1],
-                    "-t",
-                    lost,
-                    "-t",
-                    conninfo[2],
-                    "--query",
-                    query,
-                    "--into",
-                    table,
-                    "--truncate",
-                    "--retries",
-                    "2",
-                    "--report",
-                    report,
-                    "--no-progress",
-                    _i ? "--atomic" : "--quiet",
-                    NULL};
-    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
-    pid_t pid = spawn_cli(argv, out, err);
-    ck_assert_msg(private_copy_passes(lost, 0), "target 2's COPY never got rows");
-    harness("restart", dir, query, sizeof query);
-    /* Loaded again from the start: its new COPY passes the first rows. */
-    ck_assert_msg(private_copy_passes(lost, 0), "target 2 was not loaded again: %s",
-                  cli_slurp(err));
-    pgt_exec(gate, "SELECT pg_advisory_unlock(818)");
-    cli_run r = cli_finish(pid, out, err);
-    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
-    char *json = cli_slurp(report);
+        lr->query, sizeof lr->query,
+        "SELECT * FROM %s WHERE id <> %ld OR pg_advisory_lock_shared(%d) IS NOT NULL "
+        "/* lost_gate */",
+        lr->table, lr->nrows / 2, key);
+    const char *common[] = {"pgfan",     "-s",         conninfo[0],    "-t",
+                            conninfo[1], "-t",         lr->lost,       "-t",
+                            conninfo[2], "--query",    lr->query,      "--into",
+                            lr->table,   "--truncate", "--retries",    "2",
+                            "--report",  lr->report,   "--no-progress"};
+    size_t n = 0;
+    for (size_t k = 0; k < sizeof common / sizeof *common; k++)
+        lr->argv[n++] = (char *)common[k];
+    for (size_t k = 0; extra[k]; k++)
+        lr->argv[n++] = (char *)extra[k];
+    lr->argv[n] = NULL;
+    snprintf(lr->out, sizeof lr->out, "/tmp/pgfan-cli-out.XXXXXX");
+    snprintf(lr->err, sizeof lr->err, "/tmp/pgfan-cli-err.XXXXXX");
+    lr->pid = spawn_cli(lr->argv, lr->out, lr->err);
+    ck_assert_msg(private_copy_passes(lr->lost, 0), "target 2's COPY never got rows");
+}
+
+static void lost_run_let_go(lost_run *lr)
+{
+    pgt_exec(lr->gate, "SELECT pg_advisory_unlock(%d)", lr->key);
+}
+
+/* After pgfan ended: the report says target 2 was reloaded once, targets 1
+ * and 2 hold the source's values and target 3 holds `third`. */
+static void lost_run_check(lost_run *lr, const char *third)
+{
+    char *json = cli_slurp(lr->report);
     const char *second = strstr(json, "\"targets\": [");
     second = second ? strstr(second + 1, "\"retries\": ") : NULL;
     second = second ? strstr(second + 1, "\"retries\": ") : NULL;
     ck_assert_msg(second && strncmp(second, "\"retries\": 1,", 13) == 0, "%s", json);
-    char *want = source_checksum(table);
-    assert_target(1, table, want);
-    assert_target(2, table, want);
-    c = PQconnectdb(lost);
-    char *got = pgt_checksum(c, table);
-    ck_assert_msg(strcmp(got, want) == 0, "the restarted target holds %s, want %s", got,
+    char *want = source_checksum(lr->table);
+    assert_target(1, lr->table, want);
+    assert_target(2, lr->table, third ? third : want);
+    PGconn *c = PQconnectdb(lr->lost);
+    char *got = pgt_checksum(c, lr->table);
+    ck_assert_msg(strcmp(got, want) == 0, "the reloaded target holds %s, want %s", got,
                   want);
     assert_nothing_prepared(c, 2);
     free(got);
     PQfinish(c);
     free(want);
     free(json);
-    unlink(report);
+}
+
+static void lost_run_free(lost_run *lr)
+{
+    unlink(lr->report);
+    PQfinish(lr->gate);
+    harness("stop", lr->dir, lr->line, sizeof lr->line);
+    drop_tables(lr->table);
+}
+
+/*
+ * --retries: target 2's server is restarted in immediate mode while the
+ * source is held back halfway.  pgfan reconnects, loads target 2 again
+ * from the journal, and only then is the source let go: every target ends
+ * identical to the source, exit 0, the report says one retry.  Loop 1
+ * does the same under --atomic (all prepared, then all committed; no
+ * prepared transaction left behind).
+ */
+START_TEST(a_target_server_restarted_mid_stream_is_reloaded)
+{
+    const char *extra[] = {_i ? "--atomic" : "--quiet", NULL};
+    lost_run lr;
+    lost_run_start(&lr, 818, extra);
+    harness("restart", lr.dir, lr.line, sizeof lr.line);
+    /* Loaded again from the start: its new COPY passes the first rows. */
+    ck_assert_msg(private_copy_passes(lr.lost, 0), "target 2 was not loaded again: %s",
+                  cli_slurp(lr.err));
+    lost_run_let_go(&lr);
+    cli_run r = cli_finish(lr.pid, lr.out, lr.err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    lost_run_check(&lr, NULL);
     cli_free(&r);
-    PQfinish(gate);
-    harness("stop", dir, query, sizeof query);
-    drop_tables(table);
+    lost_run_free(&lr);
 }
 END_TEST
 
@@ -1000,92 +1032,30 @@ static int file_says_within(const char *path, const char *text, int seconds)
  */
 START_TEST(a_reconnecting_target_holds_no_other_back)
 {
-    const long nrows = 60000;
-    char table[64], dir[] = "/tmp/pgfan-down.XXXXXX", lost[1024], line[1024];
-    new_tables(table, nrows);
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    harness("start", dir, lost, sizeof lost);
-    PGconn *c = PQconnectdb(lost);
-    ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
-    pgt_mixed_table(c, table, 0);
-    pgt_exec(c, "CHECKPOINT"); /* its server runs with synchronous_commit off */
-    PQfinish(c);
-    PGconn *admin = db(0), *gate = db(0);
-    pgt_exec(gate, "SELECT pg_advisory_lock(819)");
-    char query[256], report[] = "/tmp/pgfan-cli-report.XXXXXX";
-    close(mkstemp(report));
-    snprintf(
-        query, sizeof query,
-        "SELECT * FROM %s WHERE id <> %ld OR pg_advisory_lock_shared(819) IS NOT NULL "
-        "/* reconnect_gate */",
-        table, nrows / 2);
-    char *argv[] = {"pgfan",
-                    "-s",
-                    conninfo[0],
-                    "-t",
-                    conninfo[1],
-                    "-t",
-                    lost,
-                    "-t",
-                    conninfo[2],
-                    "--query",
-                    query,
-                    "--into",
-                    table,
-                    "--truncate",
-                    "--retries",
-                    "2",
-                    "--on-fault",
-                    "drop",
-                    "--stall-timeout",
-                    "2",
-                    "--report",
-                    report,
-                    "--no-progress",
-                    NULL};
-    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
-    pid_t pid = spawn_cli(argv, out, err);
-    ck_assert_int_ne(
-        wait_for_running(admin, PQdb(admin), "reconnect_gate", "Lock:advisory", pid), 0);
-    ck_assert_msg(private_copy_passes(lost, 0), "target 2's COPY never got rows");
-    harness("down", dir, line, sizeof line);
-    ck_assert_msg(file_says_within(err, "reconnecting to load it again", 120),
+    const char *extra[] = {"--on-fault", "drop", "--stall-timeout", "2", NULL};
+    lost_run lr;
+    lost_run_start(&lr, 819, extra);
+    PGconn *admin = db(0);
+    harness("down", lr.dir, lr.line, sizeof lr.line);
+    ck_assert_msg(file_says_within(lr.err, "reconnecting to load it again", 120),
                   "pgfan did not notice that target 2's server went away");
     int backend =
-        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
+        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", lr.pid);
     ck_assert_int_ne(backend, 0);
     ck_assert_int_eq(kill(backend, SIGSTOP), 0);
-    pgt_exec(gate, "SELECT pg_advisory_unlock(819)");
-    int stalled = file_says_within(err, "held the copy back", 45);
+    lost_run_let_go(&lr);
+    int stalled = file_says_within(lr.err, "held the copy back", 45);
     kill(backend, SIGCONT);
-    harness("up", dir, line, sizeof line);
-    cli_run r = cli_finish(pid, out, err);
+    harness("up", lr.dir, lr.line, sizeof lr.line);
+    cli_run r = cli_finish(lr.pid, lr.out, lr.err);
     ck_assert_msg(stalled, "target 3's stall waited for target 2's reconnection: %s",
                   r.err);
     ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
     ck_assert_msg(strstr(r.err, "target 3 (") != NULL, "%s", r.err);
-    char *json = cli_slurp(report);
-    const char *second = strstr(json, "\"targets\": [");
-    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
-    second = second ? strstr(second + 1, "\"retries\": ") : NULL;
-    ck_assert_msg(second && strncmp(second, "\"retries\": 1,", 13) == 0, "%s", json);
-    char *want = source_checksum(table);
-    assert_target(1, table, want);
-    assert_target(2, table, "0:0");
-    c = PQconnectdb(lost);
-    char *got = pgt_checksum(c, table);
-    ck_assert_msg(strcmp(got, want) == 0, "the reconnected target holds %s, want %s", got,
-                  want);
-    free(got);
-    PQfinish(c);
-    free(want);
-    free(json);
-    unlink(report);
+    lost_run_check(&lr, "0:0");
     cli_free(&r);
-    PQfinish(gate);
     PQfinish(admin);
-    harness("stop", dir, line, sizeof line);
-    drop_tables(table);
+    lost_run_free(&lr);
 }
 END_TEST
 
