@@ -313,6 +313,12 @@ static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
             r->slot_sent += n;
             flushed_for_room = 0;
             fan_receiver_count_add(r, FAN_COUNT_MOVED, n); /* the manager's stall watch */
+            /* A non-blocking libpq grows its buffer rather than refuse a
+             * message: a slot far bigger than one (a huge row) would be
+             * copied whole, once per target, into a slow target's buffer.
+             * Each piece is sent before the next is queued. */
+            if (r->slot_sent < s->len && (rc = flush_all(r, 1)) != 0)
+                return rc;
             continue;
         }
         if (rc < 0) {
