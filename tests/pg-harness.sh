@@ -81,12 +81,16 @@ start() {
     echo "host=$dir port=$port user=$user dbname=postgres"
 }
 
+down() {
+    bin=$(pg_bindir)
+    as_owner "$bin/pg_ctl" -D "$1/data" -m immediate -w -t 30 stop >/dev/null 2>&1
+}
+
 stop() {
     dir=$1
     [ -d "$dir" ] || return 0
     if [ -f "$dir/data/postmaster.pid" ]; then
-        bin=$(pg_bindir)
-        as_owner "$bin/pg_ctl" -D "$dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+        down "$dir" || true
     fi
     rm -rf "$dir"
 }
@@ -103,21 +107,11 @@ restart() {
     }
 }
 
-down() {
-    bin=$(pg_bindir)
-    as_owner "$bin/pg_ctl" -D "$1/data" -m immediate -w -t 30 stop >/dev/null 2>&1
-}
-
-# pg_ctl restart starts a stopped server with the options it last ran with.
-up() {
-    restart "$1"
-}
-
 case "${1:-}" in
 start) start "$2" ;;
 stop) stop "$2" ;;
 restart) restart "$2" ;;
 down) down "$2" ;;
-up) up "$2" ;;
+up) restart "$2" ;; # pg_ctl restart starts a stopped server with its last options
 *) echo "usage: pg-harness.sh start|stop|restart|down|up DIR" >&2; exit 2 ;;
 esac

@@ -206,14 +206,6 @@ static void commit_if_done(run *r, pgfan_manager *m, size_t i)
         commit_early(r, i, res.rows);
 }
 
-/* Lost targets being reconnected (--retries).  Each is advanced for at
- * most RETRY_STEP_MS per cycle of transfer()'s loop, so that the copy, the
- * stall watch, the progress and Ctrl-C go on while its server comes back. */
-typedef struct retrying {
-    int pending[MAX_TARGETS];
-    reconnecting rc[MAX_TARGETS];
-} retrying;
-
 /* Target i has a new connection: its transaction opened as begin_all()
  * did, and the library reloads it from the journal while the others go
  * on.  Returns 0, or -1 (printed). */
@@ -230,16 +222,18 @@ static int reload_target(run *r, pgfan_manager *m, size_t i)
     return -1;
 }
 
-static void advance_retries(run *r, pgfan_manager *m, retrying *rt, progress_view *view)
+/* Lost targets being reconnected (--retries), rc[i] for target i: each is
+ * advanced for at most RETRY_STEP_MS per cycle of transfer()'s loop, so
+ * that the copy, the stall watch, the progress and Ctrl-C go on while its
+ * server comes back. */
+static void advance_retries(run *r, pgfan_manager *m, reconnecting *rc,
+                            progress_view *view)
 {
-    for (size_t i = 0; i < r->opt.ntargets; i++) {
+    for (size_t i = 0; i < r->opt.ntargets && !cli_interrupted; i++) {
         cli_fail f;
-        if (!rt->pending[i] || cli_interrupted)
-            continue;
-        int got = reconnect_step(r, i, &rt->rc[i], RETRY_STEP_MS, &f);
+        int got = rc[i].active ? reconnect_step(r, i, &rc[i], RETRY_STEP_MS, &f) : 0;
         if (got == 0)
             continue;
-        rt->pending[i] = 0;
         progress_clear(view);
         if (got < 0)
             print_fail(r, &f);
@@ -248,18 +242,15 @@ static void advance_retries(run *r, pgfan_manager *m, retrying *rt, progress_vie
     }
 }
 
-static void abandon_retries(run *r, retrying *rt)
+static void abandon_retries(run *r, reconnecting *rc)
 {
     for (size_t i = 0; i < r->opt.ntargets; i++)
-        if (rt->pending[i]) {
-            reconnect_abandon(&rt->rc[i]);
-            rt->pending[i] = 0;
-        }
+        reconnect_abandon(&rc[i]);
 }
 
 /* A fault: said, and settled at once, unless a lost target can be
  * reloaded (--retries): then its reconnection begins. */
-static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault, retrying *rt)
+static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault, reconnecting *rc)
 {
     cli_fail f;
     char who[1200];
@@ -282,8 +273,7 @@ static void on_fault(run *r, pgfan_manager *m, const pgfan_fault *fault, retryin
                 f.sqlstate[0] ? " (SQLSTATE " : "", f.sqlstate, f.sqlstate[0] ? ")" : "",
                 res.retries + 1, r->opt.retries);
     r->in_tx[i] = 0; /* gone with the old connection */
-    reconnect_begin(r, i, RETRY_CONNECT_MS, &rt->rc[i]);
-    rt->pending[i] = 1;
+    reconnect_begin(r, i, RETRY_CONNECT_MS, &rc[i]);
 }
 
 /* Drives the copy; returns the library's verdict, or PGFAN_EABORTED when
@@ -298,18 +288,13 @@ static int transfer(run *r, pgfan_manager *m)
         !r->opt.quiet && (r->opt.progress == 1 || (r->opt.progress == -1 && view.tty));
     pgfan_event ev;
     cli_fail f;
-    retrying *rt = calloc(1, sizeof *rt);
+    reconnecting lost[MAX_TARGETS] = {0};
     if (!show)
         view.tty = 0;
-    if (!rt) {
-        pgfan_manager_abort(m, "pgfan: out of memory");
-        return PGFAN_ENOMEM;
-    }
     do {
         if (interrupted) {
             progress_clear(&view);
-            abandon_retries(r, rt);
-            free(rt);
+            abandon_retries(r, lost);
             pgfan_manager_abort(m, "pgfan: interrupted");
             return PGFAN_EABORTED;
         }
@@ -317,7 +302,7 @@ static int transfer(run *r, pgfan_manager *m)
             break;
         if (ev.type == PGFAN_EVENT_FAULT) {
             progress_clear(&view);
-            on_fault(r, m, &ev.fault, rt);
+            on_fault(r, m, &ev.fault, lost);
         } else if (ev.type == PGFAN_EVENT_RECEIVER_DONE) {
             commit_if_done(r, m, ev.receiver);
         } else {
@@ -325,11 +310,10 @@ static int transfer(run *r, pgfan_manager *m)
             if (show)
                 progress_draw(&view, m);
         }
-        advance_retries(r, m, rt, &view);
+        advance_retries(r, m, lost, &view);
     } while (ev.type != PGFAN_EVENT_END);
     progress_clear(&view);
-    abandon_retries(r, rt); /* none is left unless the copy failed anyway */
-    free(rt);
+    abandon_retries(r, lost); /* none is left unless the copy failed anyway */
     size_t seen = pgfan_manager_fault_count(m);
     int rc = pgfan_manager_finish(m);
     /* Faults of the end itself (CopyDone answered with an error, a row

@@ -264,6 +264,7 @@ void reconnect_begin(run *r, size_t i, long window_ms, reconnecting *rc)
     PQfinish(r->targets[i]);
     r->targets[i] = NULL;
     memset(rc, 0, sizeof *rc);
+    rc->active = 1;
     rc->until = clock_ms() + window_ms;
 }
 
@@ -280,9 +281,13 @@ static int attempt_failed(reconnecting *rc, size_t i, cli_fail *f)
     PQfinish(rc->attempt.conn);
     rc->attempt.conn = NULL;
     rc->trying = 0;
+    if (clock_ms() >= rc->until) {
+        rc->active = 0;
+        return -1;
+    }
     /* A restarting server refuses connections for a while. */
     rc->next_try = clock_ms() + RECONNECT_STEP_MS;
-    return clock_ms() >= rc->until ? -1 : 0;
+    return 0;
 }
 
 int reconnect_step(run *r, size_t i, reconnecting *rc, long budget_ms, cli_fail *f)
@@ -305,6 +310,7 @@ int reconnect_step(run *r, size_t i, reconnecting *rc, long budget_ms, cli_fail 
     r->targets[i] = rc->attempt.conn;
     rc->attempt.conn = NULL;
     rc->trying = 0;
+    rc->active = 0;
     if (pin_session(r, &r->targets[i], (int)i) == 0)
         return 1;
     fail_set(f, (int)i, NULL, "the new connection could not be set up");
@@ -316,6 +322,7 @@ void reconnect_abandon(reconnecting *rc)
     PQfinish(rc->attempt.conn);
     rc->attempt.conn = NULL;
     rc->trying = 0;
+    rc->active = 0;
 }
 
 int connect_all(run *r)

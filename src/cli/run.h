@@ -79,10 +79,12 @@ int reconnect_target(run *r, size_t i);
  * each reconnect_step() works for at most `budget_ms` and returns 1 once
  * r->targets[i] is a new pinned connection, 0 while it is not yet, or -1
  * with the last reason in `f` (r->targets[i] is then NULL, or a connection
- * that could not be set up).  reconnect_abandon() ends an attempt under way.
+ * that could not be set up).  Either ends it (`active` turns 0), as does
+ * reconnect_abandon(), which may be called on one that is not active.
  */
 typedef struct reconnecting {
     sql_connecting attempt;
+    int active;                /* begun, and neither done nor abandoned */
     int trying;                /* `attempt` is under way */
     long long next_try, until; /* CLOCK_MONOTONIC milliseconds */
 } reconnecting;
