@@ -305,6 +305,11 @@ static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
      * queued already.  The slot stays intact meanwhile, as the cursor still
      * holds it (a receiver that stepped out only comes back if it is). */
     int flushed_for_room = 0;
+    /* A non-blocking libpq grows its buffer rather than refuse a message:
+     * a slot bigger than a ring slot (a huge row) would be copied whole,
+     * once per target, into a slow target's buffer, so such a slot is sent
+     * a piece at a time.  Other slots are flushed once, after the slot. */
+    int piecewise = s->len > fan_receiver_ring(r)->chunk_bytes;
     while (r->slot_sent < s->len) {
         size_t left = s->len - r->slot_sent;
         size_t n = left < COPY_MESSAGE_MAX ? left : COPY_MESSAGE_MAX;
@@ -313,11 +318,7 @@ static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
             r->slot_sent += n;
             flushed_for_room = 0;
             fan_receiver_count_add(r, FAN_COUNT_MOVED, n); /* the manager's stall watch */
-            /* A non-blocking libpq grows its buffer rather than refuse a
-             * message: a slot far bigger than one (a huge row) would be
-             * copied whole, once per target, into a slow target's buffer.
-             * Each piece is sent before the next is queued. */
-            if (r->slot_sent < s->len && (rc = flush_all(r, 1)) != 0)
+            if (piecewise && r->slot_sent < s->len && (rc = flush_all(r, 1)) != 0)
                 return rc;
             continue;
         }
