@@ -173,6 +173,55 @@ START_TEST(sixteen_targets_with_the_default_settings)
 }
 END_TEST
 
+/*
+ * A table set with --jobs 4 to four targets: every table ends with the
+ * source's values, and the whole process tree stays within the 64 MiB
+ * pgfan(1) states.  wait4() gives the largest peak of any one process of
+ * the tree; at most the coordinator and four table commands run at once,
+ * so five times that peak bounds their sum from above.
+ */
+START_TEST(a_set_of_four_jobs_to_four_targets_stays_within_64_mib)
+{
+    enum { TARGETS = 4, TABLES = 4, JOBS = 4 };
+    fresh_databases("flow_set", TARGETS);
+    for (int i = 0; i <= TARGETS; i++) {
+        PGconn *c = open_db(i);
+        for (int k = 1; k <= TABLES; k++) {
+            char name[16];
+            snprintf(name, sizeof name, "part_%d", k);
+            pgt_mixed_table(c, name, i == 0 ? 150000 : 0);
+        }
+        PQfinish(c);
+    }
+    cli_run r =
+        run_cli("-s", dbinfo[0], "-t", dbinfo[1], "-t", dbinfo[2], "-t", dbinfo[3], "-t",
+                dbinfo[4], "--table", "part_*", "--jobs", "4", "--no-progress", NULL);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    PGconn *s = open_db(0);
+    for (int k = 1; k <= TABLES; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "part_%d", k);
+        char *want = pgt_checksum(s, name);
+        for (int i = 1; i <= TARGETS; i++) {
+            PGconn *c = open_db(i);
+            char *got = pgt_checksum(c, name);
+            ck_assert_msg(strcmp(got, want) == 0, "%s on target %d holds %s, want %s",
+                          name, i, got, want);
+            free(got);
+            PQfinish(c);
+        }
+        free(want);
+    }
+    PQfinish(s);
+    cli_run tree = r;
+    tree.peak_rss_kb = r.peak_rss_kb * (JOBS + 1);
+    assert_rss_within(&tree, 64 * 1024L,
+                      "--jobs 4 to 4 targets (5 x the largest process)");
+    cli_free(&r);
+    drop_databases("flow_set", TARGETS);
+}
+END_TEST
+
 Suite *flow_suite(void)
 {
     Suite *s = suite_create("flow");
@@ -180,6 +229,7 @@ Suite *flow_suite(void)
     tcase_set_timeout(tc, 900);
     tcase_add_loop_test(tc, a_huge_row_costs_about_twice_its_size, 0, 2);
     tcase_add_test(tc, sixteen_targets_with_the_default_settings);
+    tcase_add_test(tc, a_set_of_four_jobs_to_four_targets_stays_within_64_mib);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -118,6 +118,19 @@ static void add_rates(set_run *s, const job *j, const char **argv, size_t *n,
     }
 }
 
+/*
+ * The tables loading at once share the ring the command has by default
+ * (64 slots): each gets 64 / K slots, at least 16, so K jobs hold about
+ * as much as one table's command plus the libraries each process maps.
+ */
+static unsigned int shared_ring_slots(unsigned int jobs)
+{
+    unsigned int slots = 64;
+    while (slots > 16 && slots * jobs > 64)
+        slots /= 2;
+    return slots;
+}
+
 /* The command line of job j: one table, its targets, the set's options. */
 static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *num)
 {
@@ -142,7 +155,8 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
     if (o->no_sequences)
         add(argv, &n, "--no-sequences", NULL);
     snprintf(num->stall, sizeof num->stall, "%.3f", o->stall_timeout_ms / 1000.0);
-    snprintf(num->slots, sizeof num->slots, "%u", o->ring_slots);
+    snprintf(num->slots, sizeof num->slots, "%u",
+             o->ring_slots ? o->ring_slots : shared_ring_slots(s->jobs));
     snprintf(num->chunk, sizeof num->chunk, "%zu", o->chunk_size);
     if (o->stall_timeout_ms)
         add(argv, &n, "--stall-timeout", num->stall);
@@ -150,8 +164,7 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
     add(argv, &n, "--spill-limit", num->spill);
     if (o->spill_dir)
         add(argv, &n, "--spill-dir", o->spill_dir);
-    if (o->ring_slots)
-        add(argv, &n, "--ring-slots", num->slots);
+    add(argv, &n, "--ring-slots", num->slots);
     if (o->chunk_size)
         add(argv, &n, "--chunk-size", num->chunk);
     add_rates(s, j, argv, &n, num);
