@@ -39,6 +39,7 @@ struct pgfan_manager {
     struct timespec started_at, finished_at;
     size_t faults_reported;
     int end_reported;
+    int commit_interrupted;
     int failure; /* the status finish() returns */
 };
 
@@ -488,6 +489,27 @@ static int all_exited(pgfan_manager *m)
     return 1;
 }
 
+/*
+ * Before the verdict an interrupt aborts the copy.  After it, CopyDone is
+ * out and its answer may take long (a lock, deferred checks): the
+ * receivers still waiting cancel their statement, and no receiver may
+ * commit.
+ */
+static void obey_interrupt(pgfan_manager *m)
+{
+    enum fan_verdict v = fan_shared_verdict(&m->shared);
+    if (v == FAN_VERDICT_NONE) {
+        give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED, "pgfan: interrupted");
+        return;
+    }
+    if (v != FAN_VERDICT_COMMIT || m->commit_interrupted)
+        return;
+    m->commit_interrupted = 1;
+    m->failure = PGFAN_EABORTED;
+    for (size_t i = 0; i < m->nreceivers; i++)
+        fan_receiver_command(m->receivers[i], FAN_CMD_ABORT);
+}
+
 int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
 {
     if (!m || !ev)
@@ -500,8 +522,8 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
     unsigned int stall_ms = m->shared.opts.stall_timeout_ms;
     const volatile sig_atomic_t *interrupt = m->shared.opts.interrupt;
     for (;;) {
-        if (interrupt && *interrupt && fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE)
-            give_verdict(m, FAN_VERDICT_ABORT, PGFAN_EABORTED, "pgfan: interrupted");
+        if (interrupt && *interrupt)
+            obey_interrupt(m);
         if (take_fault(m, &ev->fault)) {
             apply_policy(m, &ev->fault);
             ev->type = PGFAN_EVENT_FAULT;

@@ -344,6 +344,18 @@ static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
     return 0;
 }
 
+/* The copy was aborted while the answer to CopyDone is awaited (an
+ * interrupt): cancel the statement, and wait no longer than a CopyFail's
+ * answer.  The COPY then fails with 57014 and nothing of it commits. */
+static void cancel_if_aborted(pgfan_receiver *r)
+{
+    if (r->has_deadline || fan_receiver_command_of(r) != FAN_CMD_ABORT)
+        return;
+    fan_deadline(&r->deadline, r->shared->opts.realign_timeout_ms);
+    r->has_deadline = 1;
+    fan_send_cancel(r->conn);
+}
+
 /* Waits for the server's answer to CopyDone/CopyFail, never past the
  * deadline.  Keeps the first error in `f`. */
 static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
@@ -352,6 +364,7 @@ static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
     for (;;) {
         while (PQisBusy(r->conn) && PQstatus(r->conn) != CONNECTION_BAD) {
             short revents;
+            cancel_if_aborted(r);
             if (past_deadline(r)) {
                 timeout_fault(r, f);
                 return -1;

@@ -1403,6 +1403,46 @@ START_TEST(a_signal_interrupts_a_locked_copy_start)
 }
 END_TEST
 
+/* SIGINT while target 2 works out the end of its COPY (an AFTER STATEMENT
+ * trigger waits on an advisory lock held here): CopyDone's answer is no
+ * longer awaited, the statement is cancelled, pgfan exits 130 and nothing
+ * is committed. */
+START_TEST(a_signal_interrupts_the_wait_for_a_copys_end)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *holder = db(2);
+    pgt_exec(holder,
+             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$",
+             table);
+    pgt_exec(holder,
+             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
+             "FUNCTION %s_gate()",
+             table, table);
+    pgt_exec(holder, "SELECT pg_advisory_lock(4243)");
+    char *argv[] = {"pgfan", "-s",        conninfo[0], "-t",  conninfo[1],
+                    "-t",    conninfo[2], "--table",   table, "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    PGconn *admin = db(0);
+    int backend = wait_for_backend(admin, "cli_target_2", "Lock:advisory", pid);
+    ck_assert_int_ne(backend, 0);
+    kill(pid, SIGINT);
+    cli_run r = cli_finish(pid, out, err);
+    pgt_assert_no_copy_running(holder); /* while the lock is still held */
+    pgt_exec(holder, "SELECT pg_advisory_unlock(4243)");
+    ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(admin);
+    drop_tables(table);
+    pgt_exec(holder, "DROP FUNCTION %s_gate()", table);
+    PQfinish(holder);
+}
+END_TEST
+
 /* The same lock with --stall-timeout: the COPY start is given up after the
  * timeout, named, and pgfan exits 1 with nothing committed. */
 START_TEST(a_locked_copy_start_fails_at_the_stall_timeout)
@@ -1486,6 +1526,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, a_signal_interrupts_a_blocked_statement);
     tcase_add_test(tc, a_lock_blocked_target_is_dropped_and_the_rest_commit);
     tcase_add_test(tc, a_signal_interrupts_a_locked_copy_start);
+    tcase_add_test(tc, a_signal_interrupts_the_wait_for_a_copys_end);
     tcase_add_test(tc, a_locked_copy_start_fails_at_the_stall_timeout);
     suite_add_tcase(s, tc);
     TCase *spill = tcase_create("spill");

@@ -416,6 +416,88 @@ START_TEST(a_killed_run_resumes_exactly_the_missing_pairs)
 END_TEST
 
 /*
+ * --copy-schema with --resume: the run is killed while its last table
+ * waits on target 2, held by an advisory lock that a CHECK function of
+ * the copied schema takes.  The resumed run applies no pre-data twice
+ * (it would fail: the tables exist), loads exactly the missing pairs
+ * (there are no primary keys yet to refuse a second load, so the counts
+ * tell), and applies the post-data the killed run never reached.
+ */
+START_TEST(a_killed_run_with_its_schema_resumes_without_redoing_it)
+{
+    fresh_databases("sets_schema_resume");
+    PGconn *src = open_db(SRC), *t1 = open_db(T1), *t2 = open_db(T2);
+    numbered_tables(src, NULL, 0);
+    pgt_exec(src, "CREATE FUNCTION gate(int) RETURNS bool LANGUAGE plpgsql AS $$ BEGIN "
+                  "PERFORM pg_advisory_xact_lock_shared(4242); RETURN true; END $$");
+    pgt_exec(src, "ALTER TABLE s_4 ADD CONSTRAINT gated CHECK (gate(id))");
+    PGconn *holder = open_db(SRC);
+    pgt_exec(holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
+    PGconn *gate = open_db(T2);
+    pgt_exec(gate, "SELECT pg_advisory_lock(4242)");
+    char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
+    char *argv[] = {
+        "pgfan",         "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
+        "--table",       "s_*", "--snapshot", snap, "--jobs",   "1",  "--copy-schema",
+        "--no-progress", NULL};
+    pid_t pid = spawn_set(argv, out, err);
+    ck_assert(wait_until(t1, "SELECT to_regclass('pgfan.loaded') IS NOT NULL"));
+    ck_assert(wait_until(t1, "SELECT count(*) = 3 FROM pgfan.loaded"));
+    ck_assert(wait_until(gate, "SELECT count(*) = 1 FROM pg_stat_activity WHERE "
+                               "wait_event_type = 'Lock' AND wait_event = 'advisory'"));
+    kill(pid, SIGKILL);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_int_eq(r.code, 128 + SIGKILL);
+    cli_free(&r);
+    ck_assert(wait_until(gate, "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
+                               "wait_event = 'advisory'"));
+    pgt_exec(gate, "SELECT pg_advisory_unlock(4242)");
+    char *none = pgt_value(t1, "SELECT count(*) FROM pg_indexes WHERE tablename ~ '^s_'");
+    ck_assert_str_eq(none, "0"); /* the killed run never reached post-data */
+    free(none);
+    char *report = strdup("/tmp/pgfan-set-report.XXXXXX");
+    close(mkstemp(report));
+    r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table", "s_*",
+                "--snapshot", snap, "--copy-schema", "--resume", "--report", report,
+                "--no-progress", NULL);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(count_in(r.err, "pre-data schema applied by the run being resumed") ==
+                      2,
+                  "%s", r.err);
+    char *json = cli_slurp(report);
+    ck_assert_int_eq(count_in(json, "\"state\": \"skipped\""), 6);
+    ck_assert_int_eq(count_in(json, "\"state\": \"committed\""), 2);
+    ck_assert_int_eq(count_in(json, "\"pre_data\": \"skipped\", \"post_data\": "
+                                    "\"applied\""),
+                     2);
+    free(json);
+    cli_free(&r);
+    PGconn *dsts[2] = {t1, t2};
+    for (int t = 0; t < 2; t++) {
+        for (int k = 1; k <= 4; k++) {
+            char table[16];
+            snprintf(table, sizeof table, "s_%d", k);
+            assert_same_rows(src, dsts[t], table, 1, t + 1);
+        }
+        char *keys = pgt_value(dsts[t], "SELECT count(*) FROM pg_constraint WHERE "
+                                        "contype = 'p' AND conrelid::regclass::text ~ "
+                                        "'^s_'");
+        ck_assert_str_eq(keys, "4");
+        free(keys);
+    }
+    unlink(report);
+    free(report);
+    free(snap);
+    PQfinish(gate);
+    PQfinish(holder);
+    PQfinish(t1);
+    PQfinish(t2);
+    PQfinish(src);
+}
+END_TEST
+
+/*
  * --retries: target 2's backend is terminated mid-load (held by an
  * advisory lock in a trigger until then); under --on-fault drop target 1
  * commits, and target 2's table is loaded again from the same snapshot.
@@ -485,6 +567,7 @@ Suite *sets_suite(void)
     tcase_add_test(tc, patterns_select_as_pg_dump_does);
     tcase_add_test(tc, every_target_is_one_instant_under_writes);
     tcase_add_test(tc, a_killed_run_resumes_exactly_the_missing_pairs);
+    tcase_add_test(tc, a_killed_run_with_its_schema_resumes_without_redoing_it);
     tcase_add_test(tc, a_terminated_target_is_loaded_again);
     suite_add_tcase(s, tc);
     return s;

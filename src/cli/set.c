@@ -20,8 +20,7 @@
 
 /* ---- small helpers ---- */
 
-static void say(set_run *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(set_run *s, const char *fmt, ...)
+void say(set_run *s, const char *fmt, ...)
 {
     if (s->r->opt.quiet)
         return;
@@ -347,11 +346,11 @@ static int plan_set(set_run *s)
 static int load_set(set_run *s)
 {
     const cli_options *o = &s->r->opt;
-    if (o->copy_schema && apply_schema(s, "pre-data") != 0)
+    if (o->copy_schema && apply_schema(s, PRE_DATA) != 0)
         return interrupted ? EXIT_INTERRUPTED : EXIT_FAILED;
     if (copy_set(s) != 0)
         return EXIT_FAILED;
-    if (o->copy_schema && !interrupted && apply_schema(s, "post-data") != 0)
+    if (o->copy_schema && !interrupted && apply_schema(s, POST_DATA) != 0)
         s->schema_failed = 1;
     if (o->verify && !interrupted)
         verify_set(s);

@@ -36,6 +36,15 @@ typedef struct set_table {
     pair pairs[MAX_TARGETS];
 } set_table;
 
+/* --copy-schema's two sections, and where each stands on a target. */
+typedef enum schema_section { PRE_DATA, POST_DATA } schema_section;
+typedef enum schema_state {
+    SCHEMA_PENDING, /* not applied (yet) */
+    SCHEMA_APPLIED, /* by this run */
+    SCHEMA_SKIPPED, /* applied by the run being resumed */
+    SCHEMA_FAILED
+} schema_state;
+
 typedef struct set_run {
     run *r;
     set_table *tables;
@@ -47,7 +56,8 @@ typedef struct set_run {
     char source_id[256];
     char prior_snapshot[64]; /* the snapshot of the run being resumed */
     int schema_failed;
-    unsigned int jobs; /* tables loaded at a time */
+    schema_state schema[2][MAX_TARGETS]; /* [section][target] */
+    unsigned int jobs;                   /* tables loaded at a time */
 } set_run;
 
 /* query_ok() (run.h) for party `who` of the set's run. */
@@ -56,6 +66,9 @@ static inline PGresult *set_query(set_run *s, PGconn **c, int who, const char *s
 {
     return query_ok(s->r, c, sql, nparams, params, who, f);
 }
+
+/* "pgfan: <what>" on stderr unless --quiet. */
+void say(set_run *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Array literals of the selected tables: "{oid,...}" and
  * "{\"qualified name\",...}". */
@@ -74,8 +87,10 @@ int prepare_targets(set_run *s, cli_fail *f);
  * start. */
 int copy_set(set_run *s);
 
-/* set_schema.c: pg_dump's pre-data or post-data section onto every target. */
-int apply_schema(set_run *s, const char *section);
+/* set_schema.c: pg_dump's pre-data or post-data section onto every target
+ * that has not had it from the run being resumed; -1 when one refused it. */
+int apply_schema(set_run *s, schema_section section);
+extern const char *const schema_section_name[2];
 
 /* set_verify.c: compares each committed pair with the snapshot. */
 void verify_set(set_run *s);

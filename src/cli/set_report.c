@@ -54,6 +54,22 @@ static void write_pair(FILE *out, const set_run *s, const set_table *t, size_t i
     fputc('}', out);
 }
 
+/* With --copy-schema: where each section stands on each target. */
+static void write_schema(FILE *out, const set_run *s)
+{
+    static const char *const names[] = {"", "applied", "skipped", "failed"};
+    fprintf(out, ",\n  \"schema\": [");
+    for (size_t i = 0; i < s->r->opt.ntargets; i++) {
+        fprintf(out, "%s\n    {\"target\": %zu", i ? "," : "", i + 1);
+        for (int k = PRE_DATA; k <= POST_DATA; k++) {
+            fprintf(out, ", \"%s\": ", k == PRE_DATA ? "pre_data" : "post_data");
+            json_or_null(out, names[s->schema[k][i]]);
+        }
+        fputc('}', out);
+    }
+    fprintf(out, "\n  ]");
+}
+
 static int write_set_report(FILE *out, const set_run *s, int code, double seconds)
 {
     size_t skipped = 0;
@@ -73,8 +89,11 @@ static int write_set_report(FILE *out, const set_run *s, int code, double second
             first = 0;
             skipped += strcmp(s->tables[t].pairs[i].state, "skipped") == 0;
         }
-    fprintf(out, "\n  ],\n  \"skipped\": %zu,\n  \"schema_failed\": %s\n}\n", skipped,
+    fprintf(out, "\n  ],\n  \"skipped\": %zu,\n  \"schema_failed\": %s", skipped,
             s->schema_failed ? "true" : "false");
+    if (s->r->opt.copy_schema)
+        write_schema(out, s);
+    fprintf(out, "\n}\n");
     return ferror(out) ? -1 : 0;
 }
 

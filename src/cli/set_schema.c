@@ -228,14 +228,34 @@ static int tolerate_existing_schemas(const char *file)
     return rc == 0 ? rename(tmp, file) : -1;
 }
 
-/* psql applies the file to every target at once, each in one transaction. */
+const char *const schema_section_name[2] = {"pre-data", "post-data"};
+
+/* The file ends by noting on the target, in the schema's own transaction,
+ * that this section is there: a resumed run then skips it. */
+static int note_applied(const set_run *s, const char *file, schema_section section)
+{
+    FILE *out = fopen(file, "a");
+    if (!out)
+        return -1;
+    fprintf(out, "\nUPDATE pgfan.runs SET %s_data_at = now() WHERE set_id = '",
+            section == PRE_DATA ? "pre" : "post");
+    for (const char *p = s->set_id; *p; p++)
+        fprintf(out, *p == '\'' ? "''" : "%c", *p);
+    fputs("';\n", out);
+    return fclose(out) == 0 ? 0 : -1;
+}
+
+/* psql applies the file to every target that lacks the section, all at
+ * once, each in one transaction. */
 static int apply_everywhere(set_run *s, const char *psql, const char *file,
-                            const char *section, const char *dir)
+                            schema_section section, const char *dir)
 {
     pid_t pids[MAX_TARGETS];
     char logs[MAX_TARGETS][600];
     int ok = 1;
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
+        if (s->schema[section][i] != SCHEMA_PENDING)
+            continue;
         const char *argv[] = {"psql",
                               "-X",
                               "-q",
@@ -251,12 +271,15 @@ static int apply_everywhere(set_run *s, const char *psql, const char *file,
         pids[i] = spawn_logged(psql, argv, logs[i]);
     }
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
+        if (s->schema[section][i] != SCHEMA_PENDING)
+            continue;
         char who[64];
         int one = pids[i] > 0 && wait_ok(pids[i]);
-        snprintf(who, sizeof who, "target %zu: %s", i + 1, section);
+        snprintf(who, sizeof who, "target %zu: %s", i + 1, schema_section_name[section]);
+        s->schema[section][i] = one ? SCHEMA_APPLIED : SCHEMA_FAILED;
         if (!one) {
             fprintf(stderr, "pgfan: target %zu: the %s schema could not be applied:\n",
-                    i + 1, section);
+                    i + 1, schema_section_name[section]);
             ok = 0;
         }
         relay(who, logs[i]);
@@ -264,10 +287,26 @@ static int apply_everywhere(set_run *s, const char *psql, const char *file,
     return ok ? 0 : -1;
 }
 
-int apply_schema(set_run *s, const char *section)
+/* How many targets still lack the section; says which have it already. */
+static size_t targets_lacking(set_run *s, schema_section section)
+{
+    size_t lacking = 0;
+    for (size_t i = 0; i < s->r->opt.ntargets; i++) {
+        if (s->schema[section][i] == SCHEMA_PENDING)
+            lacking++;
+        else
+            say(s, "target %zu: %s schema applied by the run being resumed", i + 1,
+                schema_section_name[section]);
+    }
+    return lacking;
+}
+
+int apply_schema(set_run *s, schema_section section_id)
 {
     char pg_dump[600], psql[600], dir[256], file[320], log[320];
-    const char *tmp = getenv("TMPDIR");
+    const char *tmp = getenv("TMPDIR"), *section = schema_section_name[section_id];
+    if (targets_lacking(s, section_id) == 0)
+        return 0;
     if (find_tool(s, "pg_dump", pg_dump, sizeof pg_dump) != 0 ||
         find_tool(s, "psql", psql, sizeof psql) != 0)
         return -1;
@@ -288,13 +327,14 @@ int apply_schema(set_run *s, const char *section)
             fprintf(stderr, "pgfan: pg_dump could not dump the %s schema:\n", section);
         relay("pg_dump", log);
     }
-    if (rc == 0 && tolerate_existing_schemas(file) != 0) {
+    if (rc == 0 && (tolerate_existing_schemas(file) != 0 ||
+                    note_applied(s, file, section_id) != 0)) {
         fprintf(stderr, "pgfan: cannot rewrite the dumped schema: %s\n", strerror(errno));
         rc = -1;
     }
     free_args(&a);
     if (rc == 0)
-        rc = apply_everywhere(s, psql, file, section, dir);
+        rc = apply_everywhere(s, psql, file, section_id, dir);
     unlink(file);
     unlink(log);
     rmdir(dir);

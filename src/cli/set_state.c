@@ -1,8 +1,9 @@
 /*
  * What a table set keeps on each target, in schema pgfan: pgfan.runs (one
- * row per set: its id, snapshot and source) and pgfan.loaded (one row per
- * table loaded, inserted in the table's own transaction, so it commits
- * exactly when the rows do).
+ * row per set: its id, snapshot and source, and when --copy-schema's
+ * sections were applied, set in the same transaction as the schema) and
+ * pgfan.loaded (one row per table loaded, inserted in the table's own
+ * transaction, so it commits exactly when the rows do).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,13 @@
 static const char state_ddl[] =
     "SET client_min_messages = warning; CREATE SCHEMA IF NOT EXISTS pgfan; "
     "CREATE TABLE IF NOT EXISTS pgfan.runs (set_id text PRIMARY KEY, snapshot text NOT "
-    "NULL, source text NOT NULL, started_at timestamptz NOT NULL DEFAULT now()); "
+    "NULL, source text NOT NULL, started_at timestamptz NOT NULL DEFAULT now(), "
+    "pre_data_at timestamptz, post_data_at timestamptz); "
+    /* a pgfan.runs made before the schema columns */
+    "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = "
+    "'pgfan.runs'::regclass AND attname = 'post_data_at') THEN ALTER TABLE pgfan.runs "
+    "ADD COLUMN pre_data_at timestamptz, ADD COLUMN post_data_at timestamptz; END IF; "
+    "END$$; "
     "CREATE TABLE IF NOT EXISTS pgfan.loaded (set_id text NOT NULL, table_name text NOT "
     "NULL, rows bigint, loaded_at timestamptz NOT NULL DEFAULT now(), "
     "PRIMARY KEY (set_id, table_name))";
@@ -59,6 +66,23 @@ int find_prior_run(set_run *s, cli_fail *f)
         "--resume: no target knows of an earlier run from this source%s%s (pgfan.runs)",
         r->opt.snapshot ? " with snapshot " : "", r->opt.snapshot ? r->opt.snapshot : "");
     return -1;
+}
+
+/* The schema sections target i already has from the run being resumed. */
+static int read_schema_applied(set_run *s, size_t i, cli_fail *f)
+{
+    const char *params[1] = {s->set_id};
+    PGresult *res = set_query(s, &s->r->targets[i], (int)i,
+                              "SELECT pre_data_at IS NOT NULL, post_data_at IS NOT NULL "
+                              "FROM pgfan.runs WHERE set_id = $1",
+                              1, params, f);
+    if (!res)
+        return -1;
+    for (int k = 0; k < 2 && PQntuples(res) == 1; k++)
+        if (PQgetvalue(res, 0, k)[0] == 't')
+            s->schema[k][i] = SCHEMA_SKIPPED;
+    PQclear(res);
+    return 0;
 }
 
 /* Marks the pairs target i already holds (a resumed run's). */
@@ -119,7 +143,7 @@ int prepare_targets(set_run *s, cli_fail *f)
         if (!res)
             return -1;
         if (s->resumed) {
-            if (read_loaded(s, i, f) != 0)
+            if (read_schema_applied(s, i, f) != 0 || read_loaded(s, i, f) != 0)
                 return -1;
             continue;
         }
