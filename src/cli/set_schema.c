@@ -2,8 +2,7 @@
  * --copy-schema: the definitions of the selected tables, from the set's
  * snapshot, by the pg_dump matching the source server (pre-data before the
  * data: types, functions, sequences, tables; post-data after it: indexes,
- * constraints, triggers), applied to every target at once: pre-data with
- * psql in one transaction, post-data with pg_restore --jobs at a time.
+ * constraints, triggers), applied to every target at once with psql.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -149,7 +148,6 @@ static int dump_args(set_run *s, argv_list *a, const char *section, const char *
     const cli_options *o = &s->r->opt;
     arg(a, "pg_dump");
     arg(a, "--schema-only");
-    arg(a, strcmp(section, "pre-data") == 0 ? "-Fp" : "-Fc");
     arg_owned(a, format_sql("--section=%s", section));
     arg_owned(a, format_sql("--snapshot=%s", s->snapshot));
     arg(a, "--no-owner");
@@ -232,40 +230,25 @@ static int tolerate_existing_schemas(const char *file)
 
 const char *const schema_section_name[2] = {"pre-data", "post-data"};
 
-/* The pre-data file ends by noting on the target, in the schema's own
- * transaction, that it is there: a resumed run then skips it. */
-static int note_pre_data(const set_run *s, const char *file)
+/* The file ends by noting on the target, in the schema's own transaction,
+ * that this section is there: a resumed run then skips it. */
+static int note_applied(const set_run *s, const char *file, schema_section section)
 {
     FILE *out = fopen(file, "a");
     if (!out)
         return -1;
-    fputs("\nUPDATE pgfan.runs SET pre_data_at = now() WHERE set_id = '", out);
+    fprintf(out, "\nUPDATE pgfan.runs SET %s_data_at = now() WHERE set_id = '",
+            section == PRE_DATA ? "pre" : "post");
     for (const char *p = s->set_id; *p; p++)
         fprintf(out, *p == '\'' ? "''" : "%c", *p);
     fputs("';\n", out);
     return fclose(out) == 0 ? 0 : -1;
 }
 
-/* The post-data a target has is noted after pg_restore ends (it runs no
- * single transaction); one lost note only means it is redone, --clean. */
-static void note_post_data(set_run *s, size_t i)
-{
-    cli_fail f;
-    const char *params[1] = {s->set_id};
-    PGresult *res = set_query(
-        s, &s->r->targets[i], (int)i,
-        "UPDATE pgfan.runs SET post_data_at = now() WHERE set_id = $1", 1, params, &f);
-    if (!res)
-        print_fail(s->r, &f);
-    PQclear(res);
-}
-
-/*
- * Runs `tool` for every target that lacks the section, all at once: its
- * arguments `args`, then -d and the target, then `tail` if any.
- */
-static int apply_everywhere(set_run *s, const char *tool, const char *const *args,
-                            const char *tail, schema_section section, const char *dir)
+/* psql applies the file to every target that lacks the section, all at
+ * once, each in one transaction. */
+static int apply_everywhere(set_run *s, const char *psql, const char *file,
+                            schema_section section, const char *dir)
 {
     pid_t pids[MAX_TARGETS];
     char logs[MAX_TARGETS][600];
@@ -273,15 +256,19 @@ static int apply_everywhere(set_run *s, const char *tool, const char *const *arg
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
         if (s->schema[section][i] != SCHEMA_PENDING)
             continue;
-        argv_list a = {.n = 0};
-        for (size_t k = 0; args[k]; k++)
-            arg(&a, args[k]);
-        arg(&a, "-d");
-        arg(&a, s->r->opt.targets[i]);
-        if (tail)
-            arg(&a, tail);
-        snprintf(logs[i], sizeof logs[i], "%s/target-%zu.log", dir, i);
-        pids[i] = spawn_logged(tool, a.v, logs[i]);
+        const char *argv[] = {"psql",
+                              "-X",
+                              "-q",
+                              "-v",
+                              "ON_ERROR_STOP=1",
+                              "--single-transaction",
+                              "-f",
+                              file,
+                              "-d",
+                              s->r->opt.targets[i],
+                              NULL};
+        snprintf(logs[i], sizeof logs[i], "%s/psql-%zu.log", dir, i);
+        pids[i] = spawn_logged(psql, argv, logs[i]);
     }
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
         if (s->schema[section][i] != SCHEMA_PENDING)
@@ -294,39 +281,10 @@ static int apply_everywhere(set_run *s, const char *tool, const char *const *arg
             fprintf(stderr, "pgfan: target %zu: the %s schema could not be applied:\n",
                     i + 1, schema_section_name[section]);
             ok = 0;
-        } else if (section == POST_DATA) {
-            note_post_data(s, i);
         }
         relay(who, logs[i]);
     }
     return ok ? 0 : -1;
-}
-
-/*
- * Pre-data goes in with psql, in one transaction per target that also
- * notes it; post-data (indexes, constraints, triggers) with pg_restore,
- * --jobs statements at a time on each target, dropping first what an
- * interrupted earlier attempt may have left.
- */
-static int apply_dumped(set_run *s, schema_section section, const char *file,
-                        const char *dir)
-{
-    char tool[600], jobs[16];
-    if (section == PRE_DATA) {
-        const char *args[] = {
-            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-            "-f",   file, NULL};
-        return find_tool(s, "psql", tool, sizeof tool) != 0
-                   ? -1
-                   : apply_everywhere(s, tool, args, NULL, section, dir);
-    }
-    snprintf(jobs, sizeof jobs, "%u", s->jobs ? s->jobs : 1);
-    const char *args[] = {
-        "pg_restore", "--section=post-data", "--clean", "--if-exists", "--exit-on-error",
-        "--no-owner", "--no-privileges",     "-j",      jobs,          NULL};
-    return find_tool(s, "pg_restore", tool, sizeof tool) != 0
-               ? -1
-               : apply_everywhere(s, tool, args, file, section, dir);
 }
 
 /* How many targets still lack the section; says which have it already. */
@@ -345,11 +303,12 @@ static size_t targets_lacking(set_run *s, schema_section section)
 
 int apply_schema(set_run *s, schema_section section_id)
 {
-    char pg_dump[600], dir[256], file[320], log[320];
+    char pg_dump[600], psql[600], dir[256], file[320], log[320];
     const char *tmp = getenv("TMPDIR"), *section = schema_section_name[section_id];
     if (targets_lacking(s, section_id) == 0)
         return 0;
-    if (find_tool(s, "pg_dump", pg_dump, sizeof pg_dump) != 0)
+    if (find_tool(s, "pg_dump", pg_dump, sizeof pg_dump) != 0 ||
+        find_tool(s, "psql", psql, sizeof psql) != 0)
         return -1;
     snprintf(dir, sizeof dir, "%s/pgfan-schema.XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(dir)) {
@@ -357,8 +316,7 @@ int apply_schema(set_run *s, schema_section section_id)
                 strerror(errno));
         return -1;
     }
-    snprintf(file, sizeof file, "%s/%s.%s", dir, section,
-             section_id == PRE_DATA ? "sql" : "dump");
+    snprintf(file, sizeof file, "%s/%s.sql", dir, section);
     snprintf(log, sizeof log, "%s/pg_dump.log", dir);
     argv_list a = {.n = 0};
     int rc = dump_args(s, &a, section, file);
@@ -369,14 +327,14 @@ int apply_schema(set_run *s, schema_section section_id)
             fprintf(stderr, "pgfan: pg_dump could not dump the %s schema:\n", section);
         relay("pg_dump", log);
     }
-    if (rc == 0 && section_id == PRE_DATA &&
-        (tolerate_existing_schemas(file) != 0 || note_pre_data(s, file) != 0)) {
+    if (rc == 0 && (tolerate_existing_schemas(file) != 0 ||
+                    note_applied(s, file, section_id) != 0)) {
         fprintf(stderr, "pgfan: cannot rewrite the dumped schema: %s\n", strerror(errno));
         rc = -1;
     }
     free_args(&a);
     if (rc == 0)
-        rc = apply_dumped(s, section_id, file, dir);
+        rc = apply_everywhere(s, psql, file, section_id, dir);
     unlink(file);
     unlink(log);
     rmdir(dir);
