@@ -621,8 +621,9 @@ END_TEST
 /* ---- endings ---- */
 
 typedef struct commit_watch {
-    pthread_t caller; /* the thread inside pgfan_transfer */
-    int seen;         /* the COMMIT was seen waiting */
+    pthread_t caller;    /* the thread inside pgfan_transfer */
+    const char *waiting; /* counts the backends in the awaited wait */
+    int seen;            /* that wait was seen */
 } commit_watch;
 
 /* Set the way the interrupt is meant to be set: by a signal handler. */
@@ -633,16 +634,14 @@ static void on_commit_signal(int sig)
     commit_interrupt = sig;
 }
 
-/* Signals the caller once a backend of database lib_sync waits for its
- * synchronous standby, that is, inside COMMIT (bounded: about a minute). */
-static void *interrupt_the_waiting_commit(void *arg)
+/* Signals the caller once a backend is in the wait w->waiting counts
+ * (bounded: about a minute). */
+static void *interrupt_the_wait(void *arg)
 {
     commit_watch *w = arg;
     PGconn *admin = pgt_connect();
     for (int tries = 0; tries < 6000 && !w->seen; tries++) {
-        char *n =
-            pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                             "'lib_sync' AND wait_event = 'SyncRep'");
+        char *n = pgt_value(admin, "%s", w->waiting);
         w->seen = strcmp(n, "0") != 0;
         free(n);
         struct timespec ts = {0, 10 * 1000000L}; /* polls a state; no timing bet */
@@ -681,9 +680,13 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     sigemptyset(&sa.sa_mask);
     ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
     commit_interrupt = 0;
-    commit_watch w = {pthread_self(), 0};
+    /* inside COMMIT: waiting for the synchronous standby */
+    commit_watch w = {pthread_self(),
+                      "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                      "'lib_sync' AND wait_event = 'SyncRep'",
+                      0};
     pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_waiting_commit, &w), 0);
+    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
     pgfan_options o;
     pgfan_options_init(&o);
     o.interrupt = &commit_interrupt;
@@ -709,6 +712,78 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     PQfinish(target);
     PQfinish(source);
     pgt_exec(admin, "DROP TABLE %s", src);
+    PQfinish(admin);
+}
+END_TEST
+
+/* The interrupt also reaches a COPY that has all its data and whose end
+ * waits (an AFTER STATEMENT trigger on target 2 waits on an advisory lock
+ * held here): the statement is cancelled, the call fails with
+ * PGFAN_EABORTED, and both targets are usable and empty. */
+START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
+{
+    PGconn *admin = pgt_connect();
+    char src[64], dst[2][64];
+    pgt_name(src, sizeof src, "end_src");
+    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(admin,
+             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+             src);
+    PGconn *targets[2];
+    char in_sql[2][200];
+    const char *in_ptr[2];
+    for (int i = 0; i < 2; i++) {
+        pgt_name(dst[i], sizeof dst[i], "end_dst");
+        pgt_exec(admin, "CREATE TABLE %s (id int, t text)", dst[i]);
+        targets[i] = pgt_connect();
+        snprintf(in_sql[i], sizeof in_sql[i], "COPY %s FROM STDIN", dst[i]);
+        in_ptr[i] = in_sql[i];
+    }
+    pgt_exec(admin,
+             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM pg_advisory_xact_lock_shared(4244); RETURN NULL; END $$",
+             dst[1]);
+    pgt_exec(admin,
+             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
+             "FUNCTION %s_gate()",
+             dst[1], dst[1]);
+    pgt_exec(admin, "SELECT pg_advisory_lock(4244)");
+    struct sigaction sa = {0}, was;
+    sa.sa_handler = on_commit_signal;
+    sigemptyset(&sa.sa_mask);
+    ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
+    commit_interrupt = 0;
+    commit_watch w = {pthread_self(),
+                      "SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                      "'advisory' AND query ILIKE 'copy%'",
+                      0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.interrupt = &commit_interrupt;
+    char out_sql[128];
+    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    PGconn *source = pgt_connect();
+    pgfan_transfer_result res;
+    int rc = pgfan_transfer(source, out_sql, 2, targets, in_ptr, &o, &res, NULL);
+    pthread_join(th, NULL);
+    sigaction(SIGUSR1, &was, NULL);
+    pgt_assert_no_copy_running(admin); /* while the lock is still held */
+    pgt_exec(admin, "SELECT pg_advisory_unlock(4244)");
+    ck_assert_msg(w.seen, "the end of the COPY never waited");
+    ck_assert_status(rc, PGFAN_EABORTED);
+    ck_assert_uint_eq(res.committed, 0);
+    for (int i = 0; i < 2; i++) {
+        pgt_assert_usable(targets[i]);
+        char *n = pgt_value(admin, "SELECT count(*) FROM %s", dst[i]);
+        ck_assert_str_eq(n, "0");
+        free(n);
+        PQfinish(targets[i]);
+    }
+    pgt_exec(admin, "DROP TABLE %s, %s, %s", src, dst[0], dst[1]);
+    pgt_exec(admin, "DROP FUNCTION %s_gate()", dst[1]);
+    PQfinish(source);
     PQfinish(admin);
 }
 END_TEST
@@ -749,6 +824,7 @@ static Suite *integration_suite(void)
     TCase *endings = tcase_create("endings");
     tcase_set_timeout(endings, 300);
     tcase_add_test(endings, an_interrupted_commit_says_what_the_server_did);
+    tcase_add_test(endings, an_interrupt_cancels_the_wait_for_a_copys_end);
     suite_add_tcase(s, endings);
     return s;
 }
