@@ -1348,17 +1348,26 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
 }
 END_TEST
 
-/* Sends `sig` to pgfan while target 2's table is locked in `lock_mode` by
- * another session and pgfan waits on that lock (a TRUNCATE with
- * `truncate`, else the COPY's start): the wait is cancelled, pgfan exits
- * 130, nothing is committed and no statement is left waiting. */
-static void interrupt_while_locked(const char *lock_mode, int truncate, int sig)
+/* How another session makes pgfan wait on target 2: statements that take
+ * the lock (%s is the table, at most twice), the wait pgfan is then seen
+ * in, and how the lock is let go and its objects dropped. */
+typedef struct lock_hold {
+    const char *take[3];
+    const char *event;
+    const char *release;
+    const char *cleanup;
+} lock_hold;
+
+/* Sends `sig` to pgfan while it waits on target 2 as `h` makes it (in a
+ * TRUNCATE with `truncate`): the wait is cancelled, pgfan exits 130,
+ * nothing is committed and no statement is left waiting. */
+static void interrupt_while_held(const lock_hold *h, int truncate, int sig)
 {
     char table[64];
     new_tables(table, 1000);
     PGconn *holder = db(2);
-    pgt_exec(holder, "BEGIN");
-    pgt_exec(holder, "LOCK TABLE %s IN %s MODE", table, lock_mode);
+    for (int k = 0; k < 3 && h->take[k]; k++)
+        pgt_exec(holder, h->take[k], table, table);
     char *argv[] = {"pgfan",
                     "-s",
                     conninfo[0],
@@ -1374,24 +1383,30 @@ static void interrupt_while_locked(const char *lock_mode, int truncate, int sig)
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     pid_t pid = spawn_cli(argv, out, err);
     PGconn *admin = db(0);
-    int backend = wait_for_backend(admin, "cli_target_2", "Lock:relation", pid);
+    int backend = wait_for_backend(admin, "cli_target_2", h->event, pid);
     ck_assert_int_ne(backend, 0);
     kill(pid, sig);
     cli_run r = cli_finish(pid, out, err);
     pgt_assert_no_copy_running(holder); /* while the lock is still held */
-    pgt_exec(holder, "ROLLBACK");
+    pgt_exec(holder, "%s", h->release);
     ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
     assert_all_targets_empty(table);
     cli_free(&r);
     PQfinish(admin);
-    PQfinish(holder);
     drop_tables(table);
+    if (h->cleanup)
+        pgt_exec(holder, h->cleanup, table);
+    PQfinish(holder);
 }
 
 /* SIGTERM while a TRUNCATE waits for a lock held elsewhere. */
 START_TEST(a_signal_interrupts_a_blocked_statement)
 {
-    interrupt_while_locked("ACCESS SHARE", 1, SIGTERM);
+    lock_hold h = {{"BEGIN", "LOCK TABLE %s IN ACCESS SHARE MODE"},
+                   "Lock:relation",
+                   "ROLLBACK",
+                   NULL};
+    interrupt_while_held(&h, 1, SIGTERM);
 }
 END_TEST
 
@@ -1399,47 +1414,27 @@ END_TEST
  * mode by another session). */
 START_TEST(a_signal_interrupts_a_locked_copy_start)
 {
-    interrupt_while_locked("SHARE", 0, SIGINT);
+    lock_hold h = {
+        {"BEGIN", "LOCK TABLE %s IN SHARE MODE"}, "Lock:relation", "ROLLBACK", NULL};
+    interrupt_while_held(&h, 0, SIGINT);
 }
 END_TEST
 
 /* SIGINT while target 2 works out the end of its COPY (an AFTER STATEMENT
- * trigger waits on an advisory lock held here): CopyDone's answer is no
- * longer awaited, the statement is cancelled, pgfan exits 130 and nothing
- * is committed. */
+ * trigger waits on an advisory lock held elsewhere): CopyDone's answer is
+ * no longer awaited and the statement is cancelled. */
 START_TEST(a_signal_interrupts_the_wait_for_a_copys_end)
 {
-    char table[64];
-    new_tables(table, 1000);
-    PGconn *holder = db(2);
-    pgt_exec(holder,
-             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-             "PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$",
-             table);
-    pgt_exec(holder,
-             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
-             "FUNCTION %s_gate()",
-             table, table);
-    pgt_exec(holder, "SELECT pg_advisory_lock(4243)");
-    char *argv[] = {"pgfan", "-s",        conninfo[0], "-t",  conninfo[1],
-                    "-t",    conninfo[2], "--table",   table, "--no-progress",
-                    NULL};
-    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
-    pid_t pid = spawn_cli(argv, out, err);
-    PGconn *admin = db(0);
-    int backend = wait_for_backend(admin, "cli_target_2", "Lock:advisory", pid);
-    ck_assert_int_ne(backend, 0);
-    kill(pid, SIGINT);
-    cli_run r = cli_finish(pid, out, err);
-    pgt_assert_no_copy_running(holder); /* while the lock is still held */
-    pgt_exec(holder, "SELECT pg_advisory_unlock(4243)");
-    ck_assert_msg(r.code == 130, "exit %d: %s", r.code, r.err);
-    assert_all_targets_empty(table);
-    cli_free(&r);
-    PQfinish(admin);
-    drop_tables(table);
-    pgt_exec(holder, "DROP FUNCTION %s_gate()", table);
-    PQfinish(holder);
+    lock_hold h = {{"CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    "BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; "
+                    "END $$",
+                    "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
+                    "FUNCTION %s_gate()",
+                    "SELECT pg_advisory_lock(4243)"},
+                   "Lock:advisory",
+                   "SELECT pg_advisory_unlock(4243)",
+                   "DROP FUNCTION %s_gate()"};
+    interrupt_while_held(&h, 0, SIGINT);
 }
 END_TEST
 

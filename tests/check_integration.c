@@ -652,6 +652,35 @@ static void *interrupt_the_wait(void *arg)
     return NULL;
 }
 
+/* pgfan_transfer of table `src` into `targets`, with a SIGUSR1 handler
+ * setting its interrupt once a backend is in the wait `waiting` counts;
+ * *seen says whether it was. */
+static int transfer_interrupted_in(const char *waiting, const char *src, int n,
+                                   PGconn **targets, const char *const *in_sql,
+                                   pgfan_transfer_result *res, int *seen)
+{
+    struct sigaction sa = {0}, was;
+    sa.sa_handler = on_commit_signal;
+    sigemptyset(&sa.sa_mask);
+    ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
+    commit_interrupt = 0;
+    commit_watch w = {pthread_self(), waiting, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.interrupt = &commit_interrupt;
+    char out_sql[128];
+    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    PGconn *source = pgt_connect();
+    int rc = pgfan_transfer(source, out_sql, n, targets, in_sql, &o, res, NULL);
+    pthread_join(th, NULL);
+    sigaction(SIGUSR1, &was, NULL);
+    PQfinish(source);
+    *seen = w.seen;
+    return rc;
+}
+
 /* pgfan_transfer's own COMMIT yields to the caller's interrupt: one that
  * waits (here for a synchronous standby that does not exist) is cancelled
  * and its answer read.  The server had committed locally, so the call says
@@ -675,32 +704,17 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
     pgt_exec(target, "SET synchronous_commit = on");
     pgt_missing_standby(admin, 1);
-    struct sigaction sa = {0}, was;
-    sa.sa_handler = on_commit_signal;
-    sigemptyset(&sa.sa_mask);
-    ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
-    commit_interrupt = 0;
-    /* inside COMMIT: waiting for the synchronous standby */
-    commit_watch w = {pthread_self(),
-                      "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                      "'lib_sync' AND wait_event = 'SyncRep'",
-                      0};
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
-    pgfan_options o;
-    pgfan_options_init(&o);
-    o.interrupt = &commit_interrupt;
-    char out_sql[128], in_sql[128];
-    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    char in_sql[128];
     snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
     const char *in_ptr[1] = {in_sql};
-    PGconn *source = pgt_connect();
     pgfan_transfer_result res;
-    int rc = pgfan_transfer(source, out_sql, 1, &target, in_ptr, &o, &res, NULL);
-    pthread_join(th, NULL);
-    sigaction(SIGUSR1, &was, NULL);
+    int seen;
+    /* inside COMMIT: waiting for the synchronous standby */
+    int rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
+                                     "datname = 'lib_sync' AND wait_event = 'SyncRep'",
+                                     src, 1, &target, in_ptr, &res, &seen);
     pgt_missing_standby(admin, 0);
-    ck_assert_msg(w.seen, "the COMMIT never waited");
+    ck_assert_msg(seen, "the COMMIT never waited");
     ck_assert_status(rc, PGFAN_OK);
     ck_assert_uint_eq(res.committed, 1);
     pgt_assert_usable(target);
@@ -710,7 +724,6 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     free(got), free(want);
     pgt_exec(target, "DROP TABLE %s", src);
     PQfinish(target);
-    PQfinish(source);
     pgt_exec(admin, "DROP TABLE %s", src);
     PQfinish(admin);
 }
@@ -748,30 +761,14 @@ START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
              "FUNCTION %s_gate()",
              dst[1], dst[1]);
     pgt_exec(admin, "SELECT pg_advisory_lock(4244)");
-    struct sigaction sa = {0}, was;
-    sa.sa_handler = on_commit_signal;
-    sigemptyset(&sa.sa_mask);
-    ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
-    commit_interrupt = 0;
-    commit_watch w = {pthread_self(),
-                      "SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
-                      "'advisory' AND query ILIKE 'copy%'",
-                      0};
-    pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
-    pgfan_options o;
-    pgfan_options_init(&o);
-    o.interrupt = &commit_interrupt;
-    char out_sql[128];
-    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
-    PGconn *source = pgt_connect();
     pgfan_transfer_result res;
-    int rc = pgfan_transfer(source, out_sql, 2, targets, in_ptr, &o, &res, NULL);
-    pthread_join(th, NULL);
-    sigaction(SIGUSR1, &was, NULL);
+    int seen;
+    int rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
+                                     "wait_event = 'advisory' AND query ILIKE 'copy%'",
+                                     src, 2, targets, in_ptr, &res, &seen);
     pgt_assert_no_copy_running(admin); /* while the lock is still held */
     pgt_exec(admin, "SELECT pg_advisory_unlock(4244)");
-    ck_assert_msg(w.seen, "the end of the COPY never waited");
+    ck_assert_msg(seen, "the end of the COPY never waited");
     ck_assert_status(rc, PGFAN_EABORTED);
     ck_assert_uint_eq(res.committed, 0);
     for (int i = 0; i < 2; i++) {
@@ -783,7 +780,6 @@ START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
     }
     pgt_exec(admin, "DROP TABLE %s, %s, %s", src, dst[0], dst[1]);
     pgt_exec(admin, "DROP FUNCTION %s_gate()", dst[1]);
-    PQfinish(source);
     PQfinish(admin);
 }
 END_TEST

@@ -326,6 +326,25 @@ static int wait_until(PGconn *c, const char *sql)
     return 0;
 }
 
+/* Runs the set of argv until target 1 holds three tables and `waiting` (on
+ * c) says the last one waits on target 2; kills its coordinator with
+ * SIGKILL, then waits until `ended` says the table's command, which
+ * follows its coordinator, let go. */
+static void kill_set_while_waiting(char *const argv[], PGconn *t1, PGconn *c,
+                                   const char *waiting, const char *ended)
+{
+    char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
+    pid_t pid = spawn_set(argv, out, err);
+    ck_assert(wait_until(t1, "SELECT to_regclass('pgfan.loaded') IS NOT NULL"));
+    ck_assert(wait_until(t1, "SELECT count(*) = 3 FROM pgfan.loaded"));
+    ck_assert(wait_until(c, waiting));
+    kill(pid, SIGKILL);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_int_eq(r.code, 128 + SIGKILL);
+    cli_free(&r);
+    ck_assert(wait_until(c, ended));
+}
+
 /*
  * A run killed with SIGKILL while its last table waits on a lock on target
  * 2; resumed with the same --snapshot it loads exactly the pairs that did
@@ -345,30 +364,22 @@ START_TEST(a_killed_run_resumes_exactly_the_missing_pairs)
     PGconn *locker = open_db(T2);
     pgt_exec(locker, "BEGIN");
     pgt_exec(locker, "LOCK TABLE s_4 IN SHARE MODE");
-    char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
     char *argv[] = {
         "pgfan",   "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
         "--table", "s_*", "--snapshot", snap, "--jobs",   "1",  "--no-progress",
         NULL};
-    pid_t pid = spawn_set(argv, out, err);
-    ck_assert(wait_until(t1, "SELECT to_regclass('pgfan.loaded') IS NOT NULL"));
-    ck_assert(wait_until(t1, "SELECT count(*) = 3 FROM pgfan.loaded"));
     /* (not `locker`: inside its transaction, pg_stat_activity stands still) */
-    ck_assert(wait_until(t2, "SELECT count(*) > 0 FROM pg_stat_activity WHERE "
-                             "wait_event_type = 'Lock' AND query ILIKE 'copy%s_4%'"));
-    kill(pid, SIGKILL);
-    cli_run r = cli_finish(pid, out, err);
-    ck_assert_int_eq(r.code, 128 + SIGKILL);
-    cli_free(&r);
-    /* the table's command follows its coordinator: nothing waits any more */
-    ck_assert(wait_until(t2, "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
-                             "query ILIKE 'copy%s_4%' AND state <> 'idle'"));
+    kill_set_while_waiting(argv, t1, t2,
+                           "SELECT count(*) > 0 FROM pg_stat_activity WHERE "
+                           "wait_event_type = 'Lock' AND query ILIKE 'copy%s_4%'",
+                           "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
+                           "query ILIKE 'copy%s_4%' AND state <> 'idle'");
     pgt_exec(locker, "ROLLBACK");
     char *report = strdup("/tmp/pgfan-set-report.XXXXXX");
     close(mkstemp(report));
-    r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table", "s_*",
-                "--snapshot", snap, "--resume", "--report", report, "--no-progress",
-                NULL);
+    cli_run r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table",
+                        "s_*", "--snapshot", snap, "--resume", "--report", report,
+                        "--no-progress", NULL);
     ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
     char *json = cli_slurp(report);
     ck_assert_int_eq(count_in(json, "\"state\": \"skipped\""), 6);
@@ -436,31 +447,24 @@ START_TEST(a_killed_run_with_its_schema_resumes_without_redoing_it)
     char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
     PGconn *gate = open_db(T2);
     pgt_exec(gate, "SELECT pg_advisory_lock(4242)");
-    char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
     char *argv[] = {
         "pgfan",         "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
         "--table",       "s_*", "--snapshot", snap, "--jobs",   "1",  "--copy-schema",
         "--no-progress", NULL};
-    pid_t pid = spawn_set(argv, out, err);
-    ck_assert(wait_until(t1, "SELECT to_regclass('pgfan.loaded') IS NOT NULL"));
-    ck_assert(wait_until(t1, "SELECT count(*) = 3 FROM pgfan.loaded"));
-    ck_assert(wait_until(gate, "SELECT count(*) = 1 FROM pg_stat_activity WHERE "
-                               "wait_event_type = 'Lock' AND wait_event = 'advisory'"));
-    kill(pid, SIGKILL);
-    cli_run r = cli_finish(pid, out, err);
-    ck_assert_int_eq(r.code, 128 + SIGKILL);
-    cli_free(&r);
-    ck_assert(wait_until(gate, "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
-                               "wait_event = 'advisory'"));
+    kill_set_while_waiting(argv, t1, gate,
+                           "SELECT count(*) = 1 FROM pg_stat_activity WHERE "
+                           "wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                           "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
+                           "wait_event = 'advisory'");
     pgt_exec(gate, "SELECT pg_advisory_unlock(4242)");
     char *none = pgt_value(t1, "SELECT count(*) FROM pg_indexes WHERE tablename ~ '^s_'");
     ck_assert_str_eq(none, "0"); /* the killed run never reached post-data */
     free(none);
     char *report = strdup("/tmp/pgfan-set-report.XXXXXX");
     close(mkstemp(report));
-    r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table", "s_*",
-                "--snapshot", snap, "--copy-schema", "--resume", "--report", report,
-                "--no-progress", NULL);
+    cli_run r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table",
+                        "s_*", "--snapshot", snap, "--copy-schema", "--resume",
+                        "--report", report, "--no-progress", NULL);
     ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
     ck_assert_msg(count_in(r.err, "pre-data schema applied by the run being resumed") ==
                       2,
