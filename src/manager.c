@@ -273,6 +273,14 @@ int pgfan_manager_start(pgfan_manager *m)
 
 /* Decides the copy's fate once and tells every thread.  Later calls are
  * ignored. */
+/* Every receiver not dropped gets `cmd` (a dropped one keeps its own). */
+static void command_all_kept(pgfan_manager *m, enum fan_command cmd)
+{
+    for (size_t i = 0; i < m->nreceivers; i++)
+        if (fan_receiver_command_of(m->receivers[i]) != FAN_CMD_DROP)
+            fan_receiver_command(m->receivers[i], cmd);
+}
+
 static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
                          const char *reason)
 {
@@ -280,12 +288,7 @@ static void give_verdict(pgfan_manager *m, enum fan_verdict v, int failure,
         return;
     if (v == FAN_VERDICT_ABORT)
         m->failure = failure;
-    for (size_t i = 0; i < m->nreceivers; i++) {
-        pgfan_receiver *r = m->receivers[i];
-        if (fan_receiver_command_of(r) != FAN_CMD_DROP)
-            fan_receiver_command(r, v == FAN_VERDICT_COMMIT ? FAN_CMD_COMMIT
-                                                            : FAN_CMD_ABORT);
-    }
+    command_all_kept(m, v == FAN_VERDICT_COMMIT ? FAN_CMD_COMMIT : FAN_CMD_ABORT);
     if (v == FAN_VERDICT_ABORT)
         fan_ring_stop(&m->shared.ring); /* the producer sees the verdict */
 }
@@ -506,8 +509,7 @@ static void obey_interrupt(pgfan_manager *m)
         return;
     m->commit_interrupted = 1;
     m->failure = PGFAN_EABORTED;
-    for (size_t i = 0; i < m->nreceivers; i++)
-        fan_receiver_command(m->receivers[i], FAN_CMD_ABORT);
+    command_all_kept(m, FAN_CMD_ABORT);
 }
 
 int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)

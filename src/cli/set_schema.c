@@ -239,8 +239,11 @@ static int note_applied(const set_run *s, const char *file, schema_section secti
         return -1;
     fprintf(out, "\nUPDATE pgfan.runs SET %s_data_at = now() WHERE set_id = '",
             section == PRE_DATA ? "pre" : "post");
-    for (const char *p = s->set_id; *p; p++)
-        fprintf(out, *p == '\'' ? "''" : "%c", *p);
+    for (const char *p = s->set_id; *p; p++) {
+        if (*p == '\'')
+            fputc('\'', out); /* a quote in a literal is doubled */
+        fputc(*p, out);
+    }
     fputs("';\n", out);
     return fclose(out) == 0 ? 0 : -1;
 }
