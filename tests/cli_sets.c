@@ -562,6 +562,126 @@ START_TEST(a_terminated_target_is_loaded_again)
 }
 END_TEST
 
+/* The post-data of the tables named s_*, as text that names no oid. */
+static char *post_data_of(PGconn *c)
+{
+    return pgt_value(
+        c, "SELECT (SELECT string_agg(d, ', ' ORDER BY d) FROM (SELECT "
+           "x.indexrelid::regclass::text || ' ' || pg_get_indexdef(x.indexrelid) "
+           "|| ' ' || x.indisvalid AS d FROM pg_index x WHERE "
+           "x.indrelid::regclass::text ~ '^s_') i) || ' / ' || (SELECT "
+           "string_agg(d, ', ' ORDER BY d) FROM (SELECT conrelid::regclass::text "
+           "|| ' ' || conname || ' ' || pg_get_constraintdef(oid) || ' ' || "
+           "convalidated AS d FROM pg_constraint WHERE conrelid::regclass::text "
+           "~ '^s_') k)");
+}
+
+/*
+ * A run killed during its post-data, which pg_restore applies --jobs
+ * entries at a time, each committed on its own: target 1's two gated
+ * indexes (an advisory lock the test holds) wait at once while its third
+ * job applies every other entry and target 2 finishes.  The resumed run
+ * applies to target 1 only the two it lacks (the keys that are there
+ * would refuse a second ADD), to target 2 none, and both end with the
+ * source's indexes and constraints, valid.
+ */
+START_TEST(a_run_killed_in_its_post_data_resumes_what_is_missing)
+{
+    fresh_databases("sets_post_data_resume");
+    PGconn *src = open_db(SRC), *t1 = open_db(T1), *t2 = open_db(T2);
+    numbered_tables(src, NULL, 0);
+    pgt_exec(src,
+             "CREATE FUNCTION gate(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ "
+             "BEGIN PERFORM pg_advisory_xact_lock_shared(4343); RETURN $1; END $$");
+    for (int k = 0; k < 2; k++) { /* tables with no other post-data */
+        pgt_exec(src, "CREATE TABLE s_%c (id int)", "xy"[k]);
+        pgt_exec(src, "INSERT INTO s_%c SELECT generate_series(1, 100)", "xy"[k]);
+        pgt_exec(src, "CREATE INDEX s_%c_gated ON s_%c (gate(id))", "xy"[k], "xy"[k]);
+    }
+    pgt_exec(src, "CREATE TABLE s_p (id int, k int, PRIMARY KEY (id, k)) "
+                  "PARTITION BY RANGE (k)");
+    pgt_exec(src, "CREATE TABLE s_p_1 PARTITION OF s_p FOR VALUES FROM (0) TO (10)");
+    pgt_exec(src, "CREATE TABLE s_p_d PARTITION OF s_p DEFAULT");
+    pgt_exec(src, "CREATE INDEX s_p_k ON s_p (k)");
+    pgt_exec(src, "ALTER TABLE s_p ADD FOREIGN KEY (id) REFERENCES s_1");
+    pgt_exec(src, "INSERT INTO s_p SELECT g, g %% 20 FROM generate_series(1, 500) g");
+    PGconn *holder = open_db(SRC);
+    pgt_exec(holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
+    PGconn *gate = open_db(T1);
+    pgt_exec(gate, "SELECT pg_advisory_lock(4343)");
+    char *argv[] = {
+        "pgfan",         "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
+        "--table",       "s_*", "--snapshot", snap, "--jobs",   "3",  "--copy-schema",
+        "--no-progress", NULL};
+    char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
+    pid_t pid = spawn_set(argv, out, err);
+    ck_assert(wait_until(gate, "SELECT count(*) = 2 FROM pg_stat_activity WHERE "
+                               "wait_event_type = 'Lock' AND wait_event = 'advisory'"));
+    ck_assert(wait_until(t2, "SELECT count(*) = 1 FROM pgfan.runs WHERE post_data_at IS "
+                             "NOT NULL"));
+    ck_assert(wait_until(t1,
+                         "SELECT count(*) = 1 FROM pg_constraint WHERE contype = 'f' AND "
+                         "conrelid = 's_p'::regclass"));
+    ck_assert(wait_until(t1, "SELECT count(*) = 4 FROM pg_inherits i JOIN pg_class c ON "
+                             "c.oid = i.inhrelid WHERE c.relkind = 'i'"));
+    kill(pid, SIGKILL);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_int_eq(r.code, 128 + SIGKILL);
+    cli_free(&r);
+    /* pg_restore follows pgfan: nothing waits, nothing goes on */
+    ck_assert(wait_until(gate, "SELECT count(*) = 0 FROM pg_stat_activity WHERE "
+                               "wait_event = 'advisory'"));
+    pgt_exec(gate, "SELECT pg_advisory_unlock(4343)");
+    char *half =
+        pgt_value(t1, "SELECT (SELECT count(*) FROM pg_constraint WHERE contype = "
+                      "'p' AND conrelid::regclass::text ~ '^s_') || ' ' || "
+                      "(SELECT count(*) FROM pg_class WHERE relname ~ "
+                      "'_gated$') || ' ' || (SELECT count(*) FROM "
+                      "pgfan.runs WHERE post_data_at IS NULL)");
+    ck_assert_str_eq(half, "7 0 1"); /* every key, no gated index, not noted */
+    free(half);
+
+    char *report = strdup("/tmp/pgfan-set-report.XXXXXX");
+    close(mkstemp(report));
+    r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "--table", "s_*",
+                "--snapshot", snap, "--jobs", "3", "--copy-schema", "--resume",
+                "--report", report, "--no-progress", NULL);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2: post-data schema applied by the run being "
+                                "resumed") &&
+                      strstr(r.err,
+                             "target 1: 15 of 17 post-data entries applied by the run "
+                             "being resumed"),
+                  "%s", r.err);
+    char *json = cli_slurp(report);
+    ck_assert_msg(
+        count_in(json, "\"pre_data\": \"skipped\", \"post_data\": \"applied\"") == 1 &&
+            count_in(json, "\"pre_data\": \"skipped\", \"post_data\": "
+                           "\"skipped\"") == 1,
+        "%s", json);
+    free(json);
+    cli_free(&r);
+    char *want = post_data_of(src), *got1 = post_data_of(t1), *got2 = post_data_of(t2);
+    ck_assert_msg(strstr(want, "s_y_gated") && strstr(want, "s_p_1_pkey") &&
+                      strstr(want, "FOREIGN KEY") && !strstr(want, " false"),
+                  "%s", want);
+    ck_assert_str_eq(got1, want);
+    ck_assert_str_eq(got2, want);
+    free(want);
+    free(got1);
+    free(got2);
+    unlink(report);
+    free(report);
+    free(snap);
+    PQfinish(gate);
+    PQfinish(holder);
+    PQfinish(t1);
+    PQfinish(t2);
+    PQfinish(src);
+}
+END_TEST
+
 Suite *sets_suite(void)
 {
     Suite *s = suite_create("sets");
@@ -572,6 +692,7 @@ Suite *sets_suite(void)
     tcase_add_test(tc, every_target_is_one_instant_under_writes);
     tcase_add_test(tc, a_killed_run_resumes_exactly_the_missing_pairs);
     tcase_add_test(tc, a_killed_run_with_its_schema_resumes_without_redoing_it);
+    tcase_add_test(tc, a_run_killed_in_its_post_data_resumes_what_is_missing);
     tcase_add_test(tc, a_terminated_target_is_loaded_again);
     suite_add_tcase(s, tc);
     return s;

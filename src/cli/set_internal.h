@@ -2,7 +2,7 @@
  * The parts of a table set's run (set.h): the selection and snapshot
  * (set.c), the notes kept on the targets (set_state.c), the per-table
  * commands run K at a time (set_jobs.c), schema from pg_dump
- * (set_schema.c), verification (set_verify.c) and the report
+ * (set_schema.c, set_post_data.c), verification (set_verify.c) and the report
  * (set_report.c).
  */
 #ifndef PGFAN_CLI_SET_INTERNAL_H
@@ -91,6 +91,13 @@ int copy_set(set_run *s);
  * that has not had it from the run being resumed; -1 when one refused it. */
 int apply_schema(set_run *s, schema_section section);
 extern const char *const schema_section_name[2];
+
+/* set_post_data.c: for each target of a resumed run that lacks the
+ * post-data, lists[i] names a pg_restore list of `toc` (pg_restore -l)
+ * without the entries the target already has; -1 when one cannot be made. */
+#define POST_DATA_LIST_MAX 320
+int post_data_lists(set_run *s, const char *toc, const char *dir,
+                    char lists[][POST_DATA_LIST_MAX]);
 
 /* set_verify.c: compares each committed pair with the snapshot. */
 void verify_set(set_run *s);

@@ -2,13 +2,16 @@
  * --copy-schema: the definitions of the selected tables, from the set's
  * snapshot, by the pg_dump matching the source server (pre-data before the
  * data: types, functions, sequences, tables; post-data after it: indexes,
- * constraints, triggers), applied to every target at once with psql.
+ * constraints, triggers), applied to every target at once: pre-data with
+ * psql in one transaction, post-data with pg_restore --jobs at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -148,6 +151,7 @@ static int dump_args(set_run *s, argv_list *a, const char *section, const char *
     const cli_options *o = &s->r->opt;
     arg(a, "pg_dump");
     arg(a, "--schema-only");
+    arg(a, strcmp(section, "pre-data") == 0 ? "-Fp" : "-Fc");
     arg_owned(a, format_sql("--section=%s", section));
     arg_owned(a, format_sql("--snapshot=%s", s->snapshot));
     arg(a, "--no-owner");
@@ -170,9 +174,12 @@ static int dump_args(set_run *s, argv_list *a, const char *section, const char *
 pid_t spawn_logged(const char *path, const char *const *argv, const char *errlog)
 {
     fflush(NULL);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     if (pid != 0)
         return pid;
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* no schema goes on after pgfan died */
+    if (getppid() != parent)          /* it died before prctl */
+        _exit(127);
     int fd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     int devnull = open("/dev/null", O_WRONLY);
     if (fd >= 0)
@@ -230,15 +237,14 @@ static int tolerate_existing_schemas(const char *file)
 
 const char *const schema_section_name[2] = {"pre-data", "post-data"};
 
-/* The file ends by noting on the target, in the schema's own transaction,
- * that this section is there: a resumed run then skips it. */
-static int note_applied(const set_run *s, const char *file, schema_section section)
+/* The pre-data file ends by noting on the target, in the schema's own
+ * transaction, that it is there: a resumed run then skips it. */
+static int note_pre_data(const set_run *s, const char *file)
 {
     FILE *out = fopen(file, "a");
     if (!out)
         return -1;
-    fprintf(out, "\nUPDATE pgfan.runs SET %s_data_at = now() WHERE set_id = '",
-            section == PRE_DATA ? "pre" : "post");
+    fputs("\nUPDATE pgfan.runs SET pre_data_at = now() WHERE set_id = '", out);
     for (const char *p = s->set_id; *p; p++) {
         if (*p == '\'')
             fputc('\'', out); /* a quote in a literal is doubled */
@@ -248,9 +254,55 @@ static int note_applied(const set_run *s, const char *file, schema_section secti
     return fclose(out) == 0 ? 0 : -1;
 }
 
-/* psql applies the file to every target that lacks the section, all at
- * once, each in one transaction. */
-static int apply_everywhere(set_run *s, const char *psql, const char *file,
+/* The post-data a target has is noted after pg_restore ends (it runs no
+ * single transaction); were the note lost, a resumed run would find every
+ * entry there and apply none again. */
+static void note_post_data(set_run *s, size_t i)
+{
+    cli_fail f;
+    const char *params[1] = {s->set_id};
+    PGresult *res = set_query(
+        s, &s->r->targets[i], (int)i,
+        "UPDATE pgfan.runs SET post_data_at = now() WHERE set_id = $1", 1, params, &f);
+    if (!res)
+        print_fail(s->r, &f);
+    PQclear(res);
+}
+
+static size_t running(const set_run *s, schema_section section)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->r->opt.ntargets; i++)
+        n += s->schema[section][i] == SCHEMA_PENDING;
+    return n;
+}
+
+/* The target whose tool ended (MAX_TARGETS: none can be waited for); an
+ * interrupt is passed on to the tools. */
+static size_t wait_any(set_run *s, schema_section section, pid_t pids[], int *status)
+{
+    int passed_on = 0;
+    for (;;) {
+        pid_t pid = waitpid(-1, status, 0);
+        if (pid < 0 && errno != EINTR)
+            return MAX_TARGETS;
+        for (size_t i = 0; pid > 0 && i < s->r->opt.ntargets; i++)
+            if (pids[i] == pid && s->schema[section][i] == SCHEMA_PENDING)
+                return i;
+        for (size_t i = 0; cli_interrupted && !passed_on && i < s->r->opt.ntargets; i++)
+            if (pids[i] > 0 && s->schema[section][i] == SCHEMA_PENDING)
+                kill(pids[i], SIGTERM);
+        passed_on |= cli_interrupted != 0;
+    }
+}
+
+/*
+ * Runs `tool` for every target that lacks the section, all at once: its
+ * arguments `args`, then -L and the target's list if it has one, then -d
+ * and the target, then `tail` if any.
+ */
+static int apply_everywhere(set_run *s, const char *tool, const char *const *args,
+                            char lists[][POST_DATA_LIST_MAX], const char *tail,
                             schema_section section, const char *dir)
 {
     pid_t pids[MAX_TARGETS];
@@ -259,35 +311,112 @@ static int apply_everywhere(set_run *s, const char *psql, const char *file,
     for (size_t i = 0; i < s->r->opt.ntargets; i++) {
         if (s->schema[section][i] != SCHEMA_PENDING)
             continue;
-        const char *argv[] = {"psql",
-                              "-X",
-                              "-q",
-                              "-v",
-                              "ON_ERROR_STOP=1",
-                              "--single-transaction",
-                              "-f",
-                              file,
-                              "-d",
-                              s->r->opt.targets[i],
-                              NULL};
-        snprintf(logs[i], sizeof logs[i], "%s/psql-%zu.log", dir, i);
-        pids[i] = spawn_logged(psql, argv, logs[i]);
+        argv_list a = {.n = 0};
+        for (size_t k = 0; args[k]; k++)
+            arg(&a, args[k]);
+        if (lists && lists[i][0]) {
+            arg(&a, "-L");
+            arg(&a, lists[i]);
+        }
+        arg(&a, "-d");
+        arg(&a, s->r->opt.targets[i]);
+        if (tail)
+            arg(&a, tail);
+        snprintf(logs[i], sizeof logs[i], "%s/target-%zu.log", dir, i);
+        pids[i] = spawn_logged(tool, a.v, logs[i]);
+        if (pids[i] < 0) {
+            fprintf(stderr, "pgfan: target %zu: cannot start %s: %s\n", i + 1, tool,
+                    strerror(errno));
+            s->schema[section][i] = SCHEMA_FAILED;
+            ok = 0;
+        }
     }
-    for (size_t i = 0; i < s->r->opt.ntargets; i++) {
-        if (s->schema[section][i] != SCHEMA_PENDING)
-            continue;
+    /* each target as its tool ends, so a target done is noted as done even
+     * while another one still works */
+    for (size_t left = running(s, section); left > 0; left--) {
+        int status;
+        size_t i = wait_any(s, section, pids, &status);
         char who[64];
-        int one = pids[i] > 0 && wait_ok(pids[i]);
+        if (i >= MAX_TARGETS)
+            return -1;
+        int one = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         snprintf(who, sizeof who, "target %zu: %s", i + 1, schema_section_name[section]);
         s->schema[section][i] = one ? SCHEMA_APPLIED : SCHEMA_FAILED;
         if (!one) {
             fprintf(stderr, "pgfan: target %zu: the %s schema could not be applied:\n",
                     i + 1, schema_section_name[section]);
             ok = 0;
+        } else if (section == POST_DATA) {
+            note_post_data(s, i);
         }
         relay(who, logs[i]);
     }
     return ok ? 0 : -1;
+}
+
+/* pg_restore -l: the archive's entries, for a resumed run's lists. */
+static int list_entries(const char *pg_restore, const char *file, const char *toc,
+                        const char *dir)
+{
+    char log[320];
+    const char *argv[] = {"pg_restore", "-l", "-f", toc, file, NULL};
+    snprintf(log, sizeof log, "%s/list.log", dir);
+    pid_t pid = spawn_logged(pg_restore, argv, log);
+    int ok = pid > 0 && wait_ok(pid);
+    if (!ok)
+        fprintf(stderr, "pgfan: pg_restore could not list the post-data schema:\n");
+    relay("pg_restore", log);
+    return ok ? 0 : -1;
+}
+
+/*
+ * Post-data (indexes, constraints, triggers) with pg_restore, --jobs
+ * entries at a time on each target, each committed on its own; a resumed
+ * run applies only the entries a target lacks.
+ */
+static int apply_post_data(set_run *s, const char *file, const char *dir)
+{
+    static char lists[MAX_TARGETS][POST_DATA_LIST_MAX];
+    char tool[600], jobs[16], toc[320];
+    memset(lists, 0, sizeof lists);
+    if (find_tool(s, "pg_restore", tool, sizeof tool) != 0)
+        return -1;
+    snprintf(toc, sizeof toc, "%s/post-data.list", dir);
+    int rc = 0;
+    if (s->resumed && (list_entries(tool, file, toc, dir) != 0 ||
+                       post_data_lists(s, toc, dir, lists) != 0)) {
+        for (size_t i = 0; i < s->r->opt.ntargets; i++)
+            if (s->schema[POST_DATA][i] == SCHEMA_PENDING)
+                s->schema[POST_DATA][i] = SCHEMA_FAILED;
+        rc = -1;
+    }
+    snprintf(jobs, sizeof jobs, "%u", s->jobs ? s->jobs : 1);
+    const char *args[] = {
+        "pg_restore", "--exit-on-error", "--no-owner", "--no-privileges", "-j", jobs,
+        NULL};
+    if (rc == 0)
+        rc = apply_everywhere(s, tool, args, lists, file, POST_DATA, dir);
+    unlink(toc);
+    for (size_t i = 0; i < MAX_TARGETS; i++)
+        if (lists[i][0])
+            unlink(lists[i]);
+    return rc;
+}
+
+/* Pre-data goes in with psql, in one transaction per target that also
+ * notes it; post-data with pg_restore. */
+static int apply_dumped(set_run *s, schema_section section, const char *file,
+                        const char *dir)
+{
+    char tool[600];
+    if (section == POST_DATA)
+        return apply_post_data(s, file, dir);
+    const char *args[] = {
+        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+        "-f",   file, NULL};
+    return find_tool(s, "psql", tool, sizeof tool) != 0
+               ? -1
+               : apply_everywhere(s, tool, args, NULL, NULL, PRE_DATA, dir);
 }
 
 /* How many targets still lack the section; says which have it already. */
@@ -306,12 +435,11 @@ static size_t targets_lacking(set_run *s, schema_section section)
 
 int apply_schema(set_run *s, schema_section section_id)
 {
-    char pg_dump[600], psql[600], dir[256], file[320], log[320];
+    char pg_dump[600], dir[256], file[320], log[320];
     const char *tmp = getenv("TMPDIR"), *section = schema_section_name[section_id];
     if (targets_lacking(s, section_id) == 0)
         return 0;
-    if (find_tool(s, "pg_dump", pg_dump, sizeof pg_dump) != 0 ||
-        find_tool(s, "psql", psql, sizeof psql) != 0)
+    if (find_tool(s, "pg_dump", pg_dump, sizeof pg_dump) != 0)
         return -1;
     snprintf(dir, sizeof dir, "%s/pgfan-schema.XXXXXX", tmp && *tmp ? tmp : "/tmp");
     if (!mkdtemp(dir)) {
@@ -319,7 +447,8 @@ int apply_schema(set_run *s, schema_section section_id)
                 strerror(errno));
         return -1;
     }
-    snprintf(file, sizeof file, "%s/%s.sql", dir, section);
+    snprintf(file, sizeof file, "%s/%s.%s", dir, section,
+             section_id == PRE_DATA ? "sql" : "dump");
     snprintf(log, sizeof log, "%s/pg_dump.log", dir);
     argv_list a = {.n = 0};
     int rc = dump_args(s, &a, section, file);
@@ -330,14 +459,14 @@ int apply_schema(set_run *s, schema_section section_id)
             fprintf(stderr, "pgfan: pg_dump could not dump the %s schema:\n", section);
         relay("pg_dump", log);
     }
-    if (rc == 0 && (tolerate_existing_schemas(file) != 0 ||
-                    note_applied(s, file, section_id) != 0)) {
+    if (rc == 0 && section_id == PRE_DATA &&
+        (tolerate_existing_schemas(file) != 0 || note_pre_data(s, file) != 0)) {
         fprintf(stderr, "pgfan: cannot rewrite the dumped schema: %s\n", strerror(errno));
         rc = -1;
     }
     free_args(&a);
     if (rc == 0)
-        rc = apply_everywhere(s, psql, file, section_id, dir);
+        rc = apply_dumped(s, section_id, file, dir);
     unlink(file);
     unlink(log);
     rmdir(dir);
