@@ -312,6 +312,22 @@ static pid_t spawn_set(char *const argv[], char *out, char *err)
     return cli_spawn(argv, out, err);
 }
 
+/* A snapshot of the source exported by *holder, which keeps it. */
+static char *held_snapshot(PGconn **holder)
+{
+    *holder = open_db(SRC);
+    pgt_exec(*holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    return pgt_value(*holder, "SELECT pg_export_snapshot()");
+}
+
+/* A session of database db holding advisory lock `key`. */
+static PGconn *advisory_lock_on(int db, int key)
+{
+    PGconn *c = open_db(db);
+    pgt_exec(c, "SELECT pg_advisory_lock(%d)", key);
+    return c;
+}
+
 /* Waits until `sql` on c answers "t" (a state the test waits for; bounded). */
 static int wait_until(PGconn *c, const char *sql)
 {
@@ -357,9 +373,8 @@ START_TEST(a_killed_run_resumes_exactly_the_missing_pairs)
     PGconn *src = open_db(SRC), *t1 = open_db(T1), *t2 = open_db(T2);
     PGconn *dsts[2] = {t1, t2};
     numbered_tables(src, dsts, 2);
-    PGconn *holder = open_db(SRC);
-    pgt_exec(holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
-    char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
+    PGconn *holder;
+    char *snap = held_snapshot(&holder);
     pgt_exec(src, "INSERT INTO s_1 VALUES (-1, 'after the snapshot')");
     PGconn *locker = open_db(T2);
     pgt_exec(locker, "BEGIN");
@@ -442,11 +457,9 @@ START_TEST(a_killed_run_with_its_schema_resumes_without_redoing_it)
     pgt_exec(src, "CREATE FUNCTION gate(int) RETURNS bool LANGUAGE plpgsql AS $$ BEGIN "
                   "PERFORM pg_advisory_xact_lock_shared(4242); RETURN true; END $$");
     pgt_exec(src, "ALTER TABLE s_4 ADD CONSTRAINT gated CHECK (gate(id))");
-    PGconn *holder = open_db(SRC);
-    pgt_exec(holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
-    char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
-    PGconn *gate = open_db(T2);
-    pgt_exec(gate, "SELECT pg_advisory_lock(4242)");
+    PGconn *holder;
+    char *snap = held_snapshot(&holder);
+    PGconn *gate = advisory_lock_on(T2, 4242);
     char *argv[] = {
         "pgfan",         "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
         "--table",       "s_*", "--snapshot", snap, "--jobs",   "1",  "--copy-schema",
@@ -517,8 +530,7 @@ START_TEST(a_terminated_target_is_loaded_again)
                  "PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$");
     pgt_exec(t2, "CREATE TRIGGER gate BEFORE INSERT ON s_2 FOR EACH ROW EXECUTE "
                  "FUNCTION gate()");
-    PGconn *gate = open_db(T2);
-    pgt_exec(gate, "SELECT pg_advisory_lock(4242)");
+    PGconn *gate = advisory_lock_on(T2, 4242);
     char out[] = "/tmp/pgfan-set-out.XXXXXX", err[] = "/tmp/pgfan-set-err.XXXXXX";
     char report[] = "/tmp/pgfan-set-report.XXXXXX";
     close(mkstemp(report));
@@ -605,11 +617,9 @@ START_TEST(a_run_killed_in_its_post_data_resumes_what_is_missing)
     pgt_exec(src, "CREATE INDEX s_p_k ON s_p (k)");
     pgt_exec(src, "ALTER TABLE s_p ADD FOREIGN KEY (id) REFERENCES s_1");
     pgt_exec(src, "INSERT INTO s_p SELECT g, g %% 20 FROM generate_series(1, 500) g");
-    PGconn *holder = open_db(SRC);
-    pgt_exec(holder, "BEGIN ISOLATION LEVEL REPEATABLE READ");
-    char *snap = pgt_value(holder, "SELECT pg_export_snapshot()");
-    PGconn *gate = open_db(T1);
-    pgt_exec(gate, "SELECT pg_advisory_lock(4343)");
+    PGconn *holder;
+    char *snap = held_snapshot(&holder);
+    PGconn *gate = advisory_lock_on(T1, 4343);
     char *argv[] = {
         "pgfan",         "-s",  dbinfo[SRC],  "-t", dbinfo[T1], "-t", dbinfo[T2],
         "--table",       "s_*", "--snapshot", snap, "--jobs",   "3",  "--copy-schema",
