@@ -447,8 +447,10 @@ typedef struct pgfan_receiver_result {
     int has_fault;  /* `fault` is valid */
     pgfan_fault fault;
     char label[128];
-    uint64_t notices;     /* notices its server sent during the copy (counted when
-                             the connection has libpq's default notice receiver) */
+    uint64_t notices;     /* notices its server sent during the copy: all on a plain
+                             connection; over TLS or GSS encryption, and while the
+                             server ends the COPY, when the connection has libpq's
+                             default notice receiver */
     int may_commit;       /* after finish: its COPY completed (DONE) and the copy as a
                              whole allows it to commit (policy abort: every receiver
                              succeeded; drop: the source ended and it did); with

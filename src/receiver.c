@@ -618,10 +618,12 @@ static void *receiver_main(void *arg)
     if (cmd == FAN_CMD_COMMIT) {
         complete(r);
     } else {
-        /* It reads no slot again: the others need not wait for its
+        /* It reads no slot again, from the ring or the journal (a message
+         * half sent was copied aside): the others need not wait for its
          * CopyFail to be answered. */
         if (fan_ring_is_gating(ring, r->index))
             fan_ring_leave(ring, r->index);
+        fan_ring_spill_done(ring, r->index);
         fail_copy(r,
                   cmd == FAN_CMD_DROP ? PGFAN_RECEIVER_DROPPED : PGFAN_RECEIVER_FAILED);
     }

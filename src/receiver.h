@@ -23,6 +23,7 @@
 
 #include "pgfan.h"
 #include "shared.h"
+#include "wire.h"
 
 /* What the manager asks a receiver thread to do. */
 enum fan_command {
@@ -87,12 +88,15 @@ struct pgfan_receiver {
     char *sql;
     int in_copy;      /* COPY IN running on conn */
     size_t slot_sent; /* bytes of the slot at the cursor already queued */
+    fan_wire wire;    /* COPY IN on the wire (wire.h), plain connections */
     int counting_notices;
     PQnoticeReceiver saved_notice;
     struct timespec deadline; /* CopyFail must be answered by then */
     int has_deadline;
     struct timespec cancel_at; /* CopyFail unanswered by then: cancel too */
     int cancel_pending;
+    int given_up; /* a CopyFail went unanswered: the connection stays
+                     non-blocking, so closing it cannot wait on the server */
     /* reading the spill journal (journal.h), this thread only */
     int journaling;
     uint64_t jseq;    /* the next sequence to hand over */

@@ -6,14 +6,18 @@
  * ends the COPY early (bad row, constraint, terminated backend) is noticed
  * while the stream is still running.
  *
- * libpq leaves an ErrorResponse unparsed while in COPY IN; only notices are
- * processed.  During a healthy COPY FROM a server sends nothing but notices
- * (ParameterStatus and NOTIFY wait for ReadyForQuery), so input that is not
- * a notice means the server left COPY mode: the receiver then ends its side
- * of the COPY to collect the server's error with its SQLSTATE.  An error
- * that arrives in the same read as a notice stays unparsed behind it until
- * the COPY ends: libpq offers no way to see it sooner.
+ * A server that leaves COPY mode on its own sends its error and stops
+ * reading data: the receiver then ends its side of the COPY to collect that
+ * error with its SQLSTATE.  On a plain connection the receiver does the
+ * COPY's socket work itself (wire.h), so it sees every message as it
+ * arrives, an error right behind a notice included.  Over TLS or GSS
+ * encryption libpq does it, and libpq parses nothing but notices while in
+ * COPY IN: input that is not a notice (told apart by counting them through
+ * libpq's default notice receiver) means the server left COPY mode, and an
+ * error that arrives in the same read as a notice stays unparsed behind it
+ * until the COPY ends.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,15 +34,7 @@
  * cancel request (at most a quarter of realign_timeout_ms). */
 #define CANCEL_AFTER_MS 1000
 
-/*
- * The largest CopyData message we send; a slot goes out in pieces of at
- * most this (COPY data is a byte stream, messages need not end at rows).
- * The server reads a whole message before it parses any of it, into a
- * 64 KiB COPY input buffer: bigger messages make it wait longer and copy
- * more.  Measured against 128 KiB messages (3 targets, text): the servers
- * used less CPU and the copy finished sooner in 7 of 7 paired runs.
- */
-#define COPY_MESSAGE_MAX 65536
+#define COPY_MESSAGE_MAX FAN_WIRE_MESSAGE_MAX
 
 int pgfan_receiver_new_statement(pgfan_receiver **out, PGconn *conn,
                                  const char *copy_from_sql)
@@ -190,6 +186,7 @@ static int past_deadline(pgfan_receiver *r)
 
 static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
 {
+    r->given_up = 1;
     fan_fault_set(f, (int)r->index, r->label, PGFAN_ECONN,
                   "the server did not answer within %u ms; the connection is still in "
                   "COPY mode and should be closed",
@@ -197,6 +194,7 @@ static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
 }
 
 static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok);
+static int wire_check(pgfan_receiver *r);
 
 /*
  * The server left COPY mode on its own: end our side with CopyFail so libpq
@@ -233,6 +231,8 @@ static int socket_readable_within(pgfan_receiver *r, long ms)
  */
 static int check_input(pgfan_receiver *r)
 {
+    if (r->wire.on)
+        return wire_check(r);
     struct timespec split_until;
     int split_wait = 0;
     for (;;) {
@@ -297,10 +297,142 @@ static int flush_all(pgfan_receiver *r, int interruptible)
     }
 }
 
+/* ---- COPY IN on the wire (plain connections; wire.h) ---- */
+
+static int wire_fault(pgfan_receiver *r, const char *what)
+{
+    pgfan_fault f;
+    fan_fault_set(&f, (int)r->index, r->label,
+                  errno == ENOMEM ? PGFAN_ENOMEM : PGFAN_ECONN, "%s: %s", what,
+                  strerror(errno));
+    fan_receiver_raise(r, &f);
+    return -1;
+}
+
+/*
+ * Reads what the server sent.  Returns 0 if the COPY still runs (libpq got
+ * the notices), -1 after raising a fault: the server's own error once it
+ * left COPY mode, or what libpq makes of a closed connection.
+ */
+static int wire_check(pgfan_receiver *r)
+{
+    uint64_t notices = 0;
+    int rc = fan_wire_read(&r->wire, PQsocket(r->conn), &notices);
+    fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    if (r->wire.left_copy) {
+        collect_server_error(r);
+        return -1;
+    }
+    if (rc != 0 && errno == ENOMEM)
+        return wire_fault(r, "reading the server's messages");
+    if (rc != 0) {
+        /* Closed or broken: nothing more goes out, libpq reads the rest. */
+        fan_wire_hand_over(&r->wire, r->conn, 1);
+        fan_wire_stop(&r->wire);
+        return check_input(r);
+    }
+    if (fan_wire_hand_over(&r->wire, r->conn, 0) != 0)
+        return wire_fault(r, "handing the server's notices to libpq");
+    return 0;
+}
+
+/* Leaving a slot with a message half sent: its rest is kept, as the slot
+ * may be reused before it goes (a dropped receiver leaves the ring before
+ * its CopyFail). */
+static int wire_hold_rest(pgfan_receiver *r)
+{
+    fan_wire *w = &r->wire;
+    const char *data = w->cur;
+    w->cur = NULL;
+    if (!w->on || !data || w->rest_len ||
+        fan_wire_message_end(w->cur_len, r->slot_sent) == r->slot_sent)
+        return 0;
+    if (fan_wire_keep_rest(w, data, w->cur_len, r->slot_sent) == 0)
+        return 0;
+    errno = ENOMEM;
+    return wire_fault(r, "keeping a CopyData message half sent");
+}
+
+static int wire_leave_slot(pgfan_receiver *r, int rc)
+{
+    return wire_hold_rest(r) == 0 ? rc : -1;
+}
+
+static int wire_deliver(pgfan_receiver *r, const fan_slot *s)
+{
+    fan_wire *w = &r->wire;
+    int fd = PQsocket(r->conn);
+    size_t total = fan_wire_length(s->len);
+    w->cur = s->data;
+    w->cur_len = s->len;
+    while (r->slot_sent < total) {
+        size_t before = fan_wire_data_sent(s->len, r->slot_sent);
+        int rc = w->rest_len ? fan_wire_send_rest(w, fd, &r->slot_sent)
+                             : fan_wire_send(fd, s->data, s->len, &r->slot_sent, total);
+        /* the manager's stall watch */
+        fan_receiver_count_add(r, FAN_COUNT_MOVED,
+                               fan_wire_data_sent(s->len, r->slot_sent) - before);
+        if (rc == 0)
+            continue;
+        if (rc < 0) {
+            /* The connection broke: libpq reads what the server said. */
+            collect_server_error(r);
+            return wire_leave_slot(r, -1);
+        }
+        if (fan_receiver_interrupted(r))
+            return wire_leave_slot(r, 1);
+        short revents;
+        sleep_on(r, POLLIN | POLLOUT, -1, &revents);
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) && wire_check(r) != 0)
+            return wire_leave_slot(r, -1);
+    }
+    w->cur = NULL;
+    r->slot_sent = 0;
+    return 0;
+}
+
+/*
+ * Ends the receiver's socket work before the COPY's end goes out through
+ * libpq: a message half sent is finished first (the server reads messages
+ * whole), then libpq gets every byte read.  Returns -1 when the deadline
+ * passed first; a broken connection is left for libpq to find.
+ */
+static int wire_end(pgfan_receiver *r)
+{
+    fan_wire *w = &r->wire;
+    int fd = PQsocket(r->conn), rc = 0;
+    if (wire_hold_rest(r) != 0)
+        rc = -1;
+    while (rc == 0 && w->rest_len && fan_wire_send_rest(w, fd, &r->slot_sent) == 1) {
+        if (past_deadline(r)) {
+            rc = -1;
+            break;
+        }
+        short revents;
+        uint64_t notices = 0;
+        sleep_on(r, POLLIN | POLLOUT, -1, &revents);
+        /* Keep reading, so that neither side blocks on the other. */
+        if ((revents & (POLLIN | POLLHUP | POLLERR)) &&
+            fan_wire_read(w, fd, &notices) == 0)
+            fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    }
+    uint64_t notices = 0;
+    if (fan_wire_read(w, fd, &notices) == 0)
+        fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    fan_wire_hand_over(w, r->conn, 1);
+    fan_wire_stop(w);
+    /* Notices sent while the server finishes the COPY reach libpq alone. */
+    install_notice_counter(r);
+    r->slot_sent = 0;
+    return rc;
+}
+
 /* Hands one slot to the target.  Returns 0, 1 when interrupted by a
  * command, or -1 after a fault. */
 static int statement_deliver(pgfan_receiver *r, const fan_slot *s)
 {
+    if (r->wire.on)
+        return wire_deliver(r, s);
     /* An interrupted slot goes on where it stopped: its first pieces are
      * queued already.  The slot stays intact meanwhile, as the cursor still
      * holds it (a receiver that stepped out only comes back if it is). */
@@ -414,6 +546,10 @@ static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int
                      realign / 4 < CANCEL_AFTER_MS ? realign / 4 : CANCEL_AFTER_MS);
         r->cancel_pending = 1;
     }
+    if (r->wire.on && wire_end(r) != 0) {
+        timeout_fault(r, f);
+        return -1;
+    }
     int rc;
     while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
         if (flush_all(r, 0) < 0)
@@ -489,15 +625,26 @@ static void statement_after_slot(pgfan_receiver *r)
 static void statement_enter(pgfan_receiver *r)
 {
     PQsetnonblocking(r->conn, 1);
-    install_notice_counter(r);
+    r->given_up = 0;
+    if (r->in_copy && fan_wire_usable(r->conn))
+        fan_wire_start(&r->wire);
+    else
+        install_notice_counter(r);
 }
 
 static void statement_leave(pgfan_receiver *r)
 {
     if (!r->conn)
         return; /* let go of after a lost connection */
+    if (r->wire.on) {
+        fan_wire_hand_over(&r->wire, r->conn, 1);
+        fan_wire_stop(&r->wire);
+    }
     remove_notice_counter(r);
-    PQsetnonblocking(r->conn, 0);
+    /* A given-up connection may hold a message half sent: PQfinish's
+     * Terminate must not wait for a server that reads nothing. */
+    if (!r->given_up)
+        PQsetnonblocking(r->conn, 0);
 }
 
 /* A failed start realigns before the thread ran: the same CopyFail path,

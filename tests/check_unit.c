@@ -11,6 +11,7 @@ int main(void)
     srunner_add_suite(sr, api_suite());
     srunner_add_suite(sr, cli_unit_suite());
     srunner_add_suite(sr, settings_suite());
+    srunner_add_suite(sr, wire_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -10,5 +10,6 @@ Suite *copysql_suite(void);
 Suite *api_suite(void);
 Suite *cli_unit_suite(void);
 Suite *settings_suite(void);
+Suite *wire_suite(void);
 
 #endif
