@@ -373,6 +373,27 @@ START_TEST(a_terminated_target_is_retried_from_the_journal)
 }
 END_TEST
 
+/* Copies the gated source into `f` (abort policy) until the first fault,
+ * which must be target 2's server error, seen while the stream still runs
+ * (the source is held at id 100000), not at CopyDone. */
+static pgfan_fault server_fault_mid_stream(PGconn *admin, fanout *f, pgfan_manager **mp)
+{
+    gate_close(admin);
+    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
+    pgfan_manager *m = statement_manager(f->source, GATED_SQL, &o);
+    add_statement_receivers(m, f);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_fault fault = next_fault(m);
+    pgfan_progress pr = progress(m);
+    gate_open(admin);
+    ck_assert_int_eq(fault.receiver, 1);
+    ck_assert_status(fault.code, PGFAN_ESERVER);
+    ck_assert_int_eq(pr.producer_done, 0);
+    ck_assert_uint_lt(fault.bytes, 20u << 20);
+    *mp = m;
+    return fault;
+}
+
 /* ---- a row in the middle violates a CHECK constraint ---- */
 
 START_TEST(constraint_violation_is_seen_mid_stream)
@@ -383,22 +404,10 @@ START_TEST(constraint_violation_is_seen_mid_stream)
     fanout_open(&f, SOURCE, 2, "text");
     pgt_exec(f.targets[1], "ALTER TABLE %s ADD CONSTRAINT no_5000 CHECK (id <> 5000)",
              f.tables[1]);
-    gate_close(admin);
-    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
-    pgfan_fault fault = next_fault(m);
-    pgfan_progress pr = progress(m);
-    gate_open(admin);
-    ck_assert_int_eq(fault.receiver, 1);
-    ck_assert_status(fault.code, PGFAN_ESERVER);
+    pgfan_manager *m;
+    pgfan_fault fault = server_fault_mid_stream(admin, &f, &m);
     ck_assert_str_eq(fault.sqlstate, "23514");
     ck_assert_msg(strstr(fault.message, "no_5000"), "message: %s", fault.message);
-    /* Seen while the stream still runs (the source is held at id 100000),
-     * not at CopyDone. */
-    ck_assert_int_eq(pr.producer_done, 0);
-    ck_assert_uint_lt(fault.bytes, 20u << 20);
     run_to_end(m);
     ck_assert_status(pgfan_manager_finish(m), PGFAN_ERECEIVER);
     pgfan_manager_free(m);
@@ -737,20 +746,10 @@ START_TEST(error_right_behind_a_notice_is_seen_mid_stream)
     PQnoticeReceiver before = NULL;
     if (_i % 2)
         before = PQsetNoticeReceiver(f.targets[1], hear_notice, &h);
-    gate_close(admin);
-    pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
-    pgfan_fault fault = next_fault(m);
-    pgfan_progress pr = progress(m);
-    gate_open(admin);
-    ck_assert_int_eq(fault.receiver, 1);
-    ck_assert_status(fault.code, PGFAN_ESERVER);
+    pgfan_manager *m;
+    pgfan_fault fault = server_fault_mid_stream(admin, &f, &m);
     ck_assert_str_eq(fault.sqlstate, "P0001");
     ck_assert_msg(strstr(fault.message, "refused 7000"), "%s", fault.message);
-    ck_assert_int_eq(pr.producer_done, 0);
-    ck_assert_uint_lt(fault.bytes, 20u << 20);
     if (_i % 2) {
         ck_assert_int_eq(h.count, 1);
         ck_assert_str_eq(h.last, "about to refuse 7000");

@@ -68,6 +68,20 @@ static char *pattern(size_t len)
     return d;
 }
 
+/* Sends the rest of a slot through sv[0], reading sv[1] whenever the
+ * socket is full, and reads what is left. */
+static void send_draining(int sv[2], const char *data, size_t len, size_t *sent,
+                          char **wire, size_t *wlen, size_t *wcap)
+{
+    int rc;
+    while ((rc = fan_wire_send(sv[0], data, len, sent, fan_wire_length(len))) == 1) {
+        ck_assert_uint_le(fan_wire_data_sent(len, *sent), len);
+        drain(sv[1], wire, wlen, wcap);
+    }
+    ck_assert_int_eq(rc, 0);
+    drain(sv[1], wire, wlen, wcap);
+}
+
 /* A slot goes out whole, in messages of at most FAN_WIRE_MESSAGE_MAX,
  * through a socket that takes a few KiB at a time. */
 START_TEST(a_slot_is_framed_as_copydata_messages)
@@ -79,15 +93,9 @@ START_TEST(a_slot_is_framed_as_copydata_messages)
     make_pair(sv, 4096);
     size_t sent = 0, total = fan_wire_length(len), wlen = 0, wcap = 0;
     char *wire = NULL;
-    int rc;
-    while ((rc = fan_wire_send(sv[0], data, len, &sent, total)) == 1) {
-        ck_assert_uint_le(fan_wire_data_sent(len, sent), len);
-        drain(sv[1], &wire, &wlen, &wcap);
-    }
-    ck_assert_int_eq(rc, 0);
+    send_draining(sv, data, len, &sent, &wire, &wlen, &wcap);
     ck_assert_uint_eq(sent, total);
     ck_assert_uint_eq(fan_wire_data_sent(len, sent), len);
-    drain(sv[1], &wire, &wlen, &wcap);
     ck_assert_uint_eq(wlen, total);
     assert_frames(wire, wlen, data, len);
     free(wire);
@@ -123,11 +131,8 @@ START_TEST(a_message_half_sent_is_finished_from_its_kept_rest)
     assert_frames(wire, wlen, want, fan_wire_data_sent(len, sent));
     /* The rest of the slot, from a message boundary. */
     memcpy(data, want, len);
-    int rc;
-    while ((rc = fan_wire_send(sv[0], data, len, &sent, total)) == 1)
-        drain(sv[1], &wire, &wlen, &wcap);
-    ck_assert_int_eq(rc, 0);
-    drain(sv[1], &wire, &wlen, &wcap);
+    send_draining(sv, data, len, &sent, &wire, &wlen, &wcap);
+    ck_assert_uint_eq(sent, total);
     assert_frames(wire, wlen, want, len);
     fan_wire_stop(&w);
     free(wire);
