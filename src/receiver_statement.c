@@ -309,6 +309,17 @@ static int wire_fault(pgfan_receiver *r, const char *what)
     return -1;
 }
 
+/* Reads what the server sent and counts its notices (errno kept). */
+static int wire_read(pgfan_receiver *r)
+{
+    uint64_t notices = 0;
+    int rc = fan_wire_read(&r->wire, PQsocket(r->conn), &notices);
+    int saved = errno;
+    fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    errno = saved;
+    return rc;
+}
+
 /*
  * Reads what the server sent.  Returns 0 if the COPY still runs (libpq got
  * the notices), -1 after raising a fault: the server's own error once it
@@ -316,9 +327,7 @@ static int wire_fault(pgfan_receiver *r, const char *what)
  */
 static int wire_check(pgfan_receiver *r)
 {
-    uint64_t notices = 0;
-    int rc = fan_wire_read(&r->wire, PQsocket(r->conn), &notices);
-    fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    int rc = wire_read(r);
     if (r->wire.left_copy) {
         collect_server_error(r);
         return -1;
@@ -338,7 +347,7 @@ static int wire_check(pgfan_receiver *r)
 
 /* Leaving a slot with a message half sent: its rest is kept, as the slot
  * may be reused before it goes (a dropped receiver leaves the ring before
- * its CopyFail). */
+ * its CopyFail).  Returns -1 without memory for it. */
 static int wire_hold_rest(pgfan_receiver *r)
 {
     fan_wire *w = &r->wire;
@@ -350,12 +359,13 @@ static int wire_hold_rest(pgfan_receiver *r)
     if (fan_wire_keep_rest(w, data, w->cur_len, r->slot_sent) == 0)
         return 0;
     errno = ENOMEM;
-    return wire_fault(r, "keeping a CopyData message half sent");
+    return -1;
 }
 
 static int wire_leave_slot(pgfan_receiver *r, int rc)
 {
-    return wire_hold_rest(r) == 0 ? rc : -1;
+    return wire_hold_rest(r) == 0 ? rc
+                                  : wire_fault(r, "keeping a CopyData message half sent");
 }
 
 static int wire_deliver(pgfan_receiver *r, const fan_slot *s)
@@ -394,31 +404,35 @@ static int wire_deliver(pgfan_receiver *r, const fan_slot *s)
 /*
  * Ends the receiver's socket work before the COPY's end goes out through
  * libpq: a message half sent is finished first (the server reads messages
- * whole), then libpq gets every byte read.  Returns -1 when the deadline
- * passed first; a broken connection is left for libpq to find.
+ * whole), then libpq gets every byte read.  Returns -1 with `f` set when
+ * the message could not be finished (the deadline passed, or no memory to
+ * keep it): the connection is then given up.  A broken connection is left
+ * for libpq to find.
  */
-static int wire_end(pgfan_receiver *r)
+static int wire_end(pgfan_receiver *r, pgfan_fault *f)
 {
     fan_wire *w = &r->wire;
     int fd = PQsocket(r->conn), rc = 0;
-    if (wire_hold_rest(r) != 0)
+    if (wire_hold_rest(r) != 0) {
+        r->given_up = 1;
+        fan_fault_set(f, (int)r->index, r->label, PGFAN_ENOMEM,
+                      "no memory to keep a CopyData message half sent; the "
+                      "connection is still in COPY mode and should be closed");
         rc = -1;
+    }
     while (rc == 0 && w->rest_len && fan_wire_send_rest(w, fd, &r->slot_sent) == 1) {
         if (past_deadline(r)) {
+            timeout_fault(r, f);
             rc = -1;
             break;
         }
         short revents;
-        uint64_t notices = 0;
         sleep_on(r, POLLIN | POLLOUT, -1, &revents);
         /* Keep reading, so that neither side blocks on the other. */
-        if ((revents & (POLLIN | POLLHUP | POLLERR)) &&
-            fan_wire_read(w, fd, &notices) == 0)
-            fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+        if (revents & (POLLIN | POLLHUP | POLLERR))
+            wire_read(r);
     }
-    uint64_t notices = 0;
-    if (fan_wire_read(w, fd, &notices) == 0)
-        fan_receiver_count_add(r, FAN_COUNT_NOTICES, notices);
+    wire_read(r);
     fan_wire_hand_over(w, r->conn, 1);
     fan_wire_stop(w);
     /* Notices sent while the server finishes the COPY reach libpq alone. */
@@ -546,10 +560,8 @@ static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int
                      realign / 4 < CANCEL_AFTER_MS ? realign / 4 : CANCEL_AFTER_MS);
         r->cancel_pending = 1;
     }
-    if (r->wire.on && wire_end(r) != 0) {
-        timeout_fault(r, f);
+    if (r->wire.on && wire_end(r, f) != 0)
         return -1;
-    }
     int rc;
     while ((rc = PQputCopyEnd(r->conn, errormsg)) == 0)
         if (flush_all(r, 0) < 0)

@@ -441,6 +441,17 @@ START_TEST(a_killed_run_resumes_exactly_the_missing_pairs)
 }
 END_TEST
 
+/* The end of a resume test: its report and snapshot name go, and its five
+ * connections close. */
+static void end_resume_test(char *report, char *snap, PGconn *conns[5])
+{
+    unlink(report);
+    free(report);
+    free(snap);
+    for (int i = 0; i < 5; i++)
+        PQfinish(conns[i]);
+}
+
 /*
  * --copy-schema with --resume: the run is killed while its last table
  * waits on target 2, held by an advisory lock that a CHECK function of
@@ -503,14 +514,7 @@ START_TEST(a_killed_run_with_its_schema_resumes_without_redoing_it)
         ck_assert_str_eq(keys, "4");
         free(keys);
     }
-    unlink(report);
-    free(report);
-    free(snap);
-    PQfinish(gate);
-    PQfinish(holder);
-    PQfinish(t1);
-    PQfinish(t2);
-    PQfinish(src);
+    end_resume_test(report, snap, (PGconn *[]){gate, holder, t1, t2, src});
 }
 END_TEST
 
@@ -681,14 +685,7 @@ START_TEST(a_run_killed_in_its_post_data_resumes_what_is_missing)
     free(want);
     free(got1);
     free(got2);
-    unlink(report);
-    free(report);
-    free(snap);
-    PQfinish(gate);
-    PQfinish(holder);
-    PQfinish(t1);
-    PQfinish(t2);
-    PQfinish(src);
+    end_resume_test(report, snap, (PGconn *[]){gate, holder, t1, t2, src});
 }
 END_TEST
 
