@@ -53,7 +53,9 @@ section=$(awk -v when="$(date -u '+%Y-%m-%d %H:%M UTC')" -v m="$marker" '
             print "One row of 200 MiB (a bytea; 400 MiB as COPY text) to one target, peak RSS"
             print "(GNU time): pgfan binary " sprintf("%.0f MiB (%.2f x the row)", huge["binary"] / 1024, huge["binary"] / 1024 / 200) ","
             print "pgfan text " sprintf("%.0f MiB (%.2f x)", huge["text"] / 1024, huge["text"] / 1024 / 400) ", and psql merely reading it as text " sprintf("%.0f MiB (%.2f x).", huge["psql"] / 1024, huge["psql"] / 1024 / 400)
-            print "Both hold libpq'"'"'s input buffer and the row; pgfan adds no copy of its own."
+            print "pgfan reads the source'"'"'s COPY itself (a plain connection) into one buffer"
+            print "the size of the row, which the ring keeps as its slot; psql holds libpq'"'"'s"
+            print "input buffer and PQgetCopyData'"'"'s copy of the row."
         }
         print ""
         print "```"

@@ -172,7 +172,13 @@ int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label
     struct timespec limit;
     if (w->limit_ms)
         fan_deadline(&limit, w->limit_ms);
-    int got = poll_until_ready(conn, w->limit_ms ? &limit : NULL, w->interrupt);
+    return fan_await_result_until(conn, w, w->limit_ms ? &limit : NULL, who, label, f);
+}
+
+int fan_await_result_until(PGconn *conn, const fan_wait *w, const struct timespec *limit,
+                           int who, const char *label, pgfan_fault *f)
+{
+    int got = poll_until_ready(conn, limit, w->interrupt);
     if (got == 0)
         return PGFAN_OK;
     if (got < 0) {
@@ -259,6 +265,12 @@ int fan_copy_started(PGconn *conn, ExecStatusType want, const fan_wait *w, int w
     int waited = fan_await_result(conn, w, who, label, f);
     if (waited != PGFAN_OK)
         return waited;
+    return fan_copy_result(conn, want, who, label, nfields, binary, f);
+}
+
+int fan_copy_result(PGconn *conn, ExecStatusType want, int who, const char *label,
+                    int *nfields, int *binary, pgfan_fault *f)
+{
     PGresult *res = PQgetResult(conn);
     ExecStatusType st = PQresultStatus(res);
     int rc;

@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 #include <signal.h>
+#include <time.h>
 
 #include "pgfan.h"
 
@@ -36,6 +37,10 @@ fan_wait fan_wait_from_options(const pgfan_options *opts);
  */
 int fan_await_result(PGconn *conn, const fan_wait *w, int who, const char *label,
                      pgfan_fault *f);
+/* The same with the limit as a deadline (NULL: none) the caller set when
+ * it began to wait. */
+int fan_await_result_until(PGconn *conn, const fan_wait *w, const struct timespec *limit,
+                           int who, const char *label, pgfan_fault *f);
 
 /*
  * Runs one command (BEGIN, COMMIT, ROLLBACK) and waits for it within `w`.
@@ -77,6 +82,9 @@ int fan_copy_send(PGconn *conn, const char *sql, int who, const char *label,
  */
 int fan_copy_started(PGconn *conn, ExecStatusType want, const fan_wait *w, int who,
                      const char *label, int *nfields, int *binary, pgfan_fault *f);
+/* The second half of fan_copy_started(), once the answer is ready. */
+int fan_copy_result(PGconn *conn, ExecStatusType want, int who, const char *label,
+                    int *nfields, int *binary, pgfan_fault *f);
 
 /* The format of a started COPY: the server's word on binary wins over
  * what the statement seemed to ask (text versus CSV only the statement

@@ -21,6 +21,7 @@
 #include "pgfan.h"
 #include "rowscan.h"
 #include "shared.h"
+#include "wire.h"
 
 #define FAN_SOURCE_LABEL "source"
 
@@ -45,7 +46,8 @@ struct pgfan_producer {
     /* statement kind */
     PGconn *conn;
     char *sql;
-    int in_copy; /* COPY OUT running on conn */
+    int in_copy;       /* COPY OUT running on conn */
+    fan_wire_out wire; /* reads the COPY itself (plain connections) */
     /* iterator kind */
     pgfan_iterator_fn iterate;
     void *iterate_arg;

@@ -1,5 +1,7 @@
 /*
- * COPY IN on the wire, for a statement receiver on a plain connection
+ * COPY on the wire.
+ *
+ * COPY IN, for a statement receiver on a plain connection
  * (neither TLS nor GSS encryption).
  *
  * While in COPY IN, libpq parses nothing but notices: an ErrorResponse it
@@ -99,5 +101,68 @@ size_t fan_wire_scan(const char *buf, size_t len, int *left_copy, uint64_t *noti
  * stand-in could not be set up or libpq failed to read it.
  */
 int fan_wire_hand_over(fan_wire *w, PGconn *conn, int all);
+
+/*
+ * COPY OUT on the wire, for a statement producer on a plain connection.
+ *
+ * libpq holds a whole CopyData message in its input buffer and
+ * PQgetCopyData returns a copy of it: a huge row costs twice its size, and
+ * every row a malloc and two copies.  So the producer reads the COPY's
+ * bytes itself: a message up to inline_max is read in place, one bigger
+ * into a buffer of its own that the ring then keeps as a slot.  libpq gets
+ * (through the same stand-in as above) the messages before the
+ * CopyOutResponse, every notice, notification and parameter report, and
+ * everything from the first other message on (CopyDone, an error), so it
+ * delivers notices and parses the COPY's end as always.  Only whole
+ * messages are handed over before that, so libpq is never in the middle of
+ * one.
+ */
+typedef struct fan_wire_out {
+    int on;
+    char *buf; /* buf[start, len) read and not yet taken */
+    size_t cap, start, len;
+    size_t inline_max;
+    char *big; /* a data message bigger than inline_max, being read */
+    size_t big_len, big_have;
+    int discarding; /* after a cancel: data is read and forgotten */
+    size_t skip;    /* bytes of a big message still to be forgotten */
+    int pair[2];
+} fan_wire_out;
+
+enum fan_wire_next {
+    FAN_WIRE_NEED,  /* read more (fan_wire_out_fill) */
+    FAN_WIRE_DATA,  /* a CopyData payload */
+    FAN_WIRE_ASIDE, /* a message for libpq (fan_wire_out_give) */
+    FAN_WIRE_END,   /* the server left COPY OUT: give libpq the rest */
+    FAN_WIRE_NOMEM
+};
+
+typedef struct fan_wire_message {
+    const char *data; /* valid until the next call on the reader */
+    size_t len;
+    char *owned; /* when not NULL, data is this malloc'd buffer, the caller's */
+} fan_wire_message;
+
+/* Returns 0, or -1 without memory. */
+int fan_wire_out_open(fan_wire_out *r, size_t inline_max);
+void fan_wire_out_close(fan_wire_out *r);
+/* Reads once, without blocking.  Returns 1 when bytes came (or a whole
+ * message waits), 0 when none were there, -1 when the server closed the
+ * connection (errno 0) or on a socket error. */
+int fan_wire_out_fill(fan_wire_out *r, int fd);
+/* The next message read, or what to do. */
+int fan_wire_out_next(fan_wire_out *r, fan_wire_message *m);
+/* While the COPY starts: gives libpq the whole messages read, up to the
+ * CopyOutResponse.  Returns 1 when that was handed over (the COPY runs),
+ * 2 when another answer came (all of it handed over: libpq reads on), 0
+ * when more must be read, -1 when the stand-in failed or no memory. */
+int fan_wire_out_begin(fan_wire_out *r, PGconn *conn);
+/* Gives libpq a message FAN_WIRE_ASIDE returned (libpq is in COPY OUT). */
+int fan_wire_out_give(fan_wire_out *r, PGconn *conn, const fan_wire_message *aside);
+/* Gives libpq every byte read and not taken.  Returns 0, or -1 when the
+ * stand-in failed. */
+int fan_wire_out_give_rest(fan_wire_out *r, PGconn *conn);
+/* From now on data messages are read and forgotten (a cancelled COPY). */
+void fan_wire_out_discard(fan_wire_out *r);
 
 #endif

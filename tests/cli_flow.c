@@ -81,15 +81,15 @@ static void assert_rss_within(const cli_run *r, long bound_kb, const char *what)
 /*
  * One row of 200 MiB bytea to two targets, in binary (a 200 MiB CopyData
  * message) and as text (400 MiB of hex).  Both targets hold the same bytes
- * (length and md5 of the value), and pgfan's peak RSS stays within what
- * reading through libpq costs at least, plus 64 MiB: libpq holds a whole
- * message in its input buffer (grown by doubling, touched as far as the
- * message), and PQgetCopyData returns it in a copy the ring keeps as its
- * slot: twice the row.  Any copy of pgfan's own (a slot grown by doubling,
- * a partial row kept twice) or any cost per target (a slow target's libpq
+ * (length and md5 of the value), and pgfan's peak RSS stays within the row
+ * and a quarter plus 64 MiB: on a plain connection the source's COPY is
+ * read into one buffer of the row's size that the ring keeps as its slot,
+ * and the receivers send from it.  Reading through libpq (its input buffer
+ * and PQgetCopyData's copy: twice the row), a slot grown by doubling, a
+ * partial row kept twice, or any cost per target (a slow target's libpq
  * buffer holding the row) breaks the bound.
  */
-START_TEST(a_huge_row_costs_about_twice_its_size)
+START_TEST(a_huge_row_costs_about_its_size)
 {
     static const char *const formats[] = {"binary", "text"};
     const char *format = formats[_i];
@@ -122,7 +122,7 @@ START_TEST(a_huge_row_costs_about_twice_its_size)
     long row_kb = HUGE_ROW_MIB * 1024L * (_i == 0 ? 1 : 2);
     char what[64];
     snprintf(what, sizeof what, "a %ld MiB %s row", row_kb / 1024, format);
-    assert_rss_within(&r, 2 * row_kb + 64 * 1024L, what);
+    assert_rss_within(&r, row_kb + row_kb / 4 + 64 * 1024L, what);
     cli_free(&r);
     free(want);
     drop_databases("flow_huge", 2);
@@ -227,7 +227,7 @@ Suite *flow_suite(void)
     Suite *s = suite_create("flow");
     TCase *tc = tcase_create("flow");
     tcase_set_timeout(tc, 900);
-    tcase_add_loop_test(tc, a_huge_row_costs_about_twice_its_size, 0, 2);
+    tcase_add_loop_test(tc, a_huge_row_costs_about_its_size, 0, 2);
     tcase_add_test(tc, sixteen_targets_with_the_default_settings);
     tcase_add_test(tc, a_set_of_four_jobs_to_four_targets_stays_within_64_mib);
     suite_add_tcase(s, tc);

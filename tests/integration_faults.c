@@ -711,14 +711,17 @@ END_TEST
 typedef struct heard {
     int count;
     char last[200];
+    size_t longest;
 } heard;
 
 static void hear_notice(void *arg, const PGresult *res)
 {
     heard *h = arg;
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     h->count++;
-    snprintf(h->last, sizeof h->last, "%s",
-             PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+    snprintf(h->last, sizeof h->last, "%s", msg);
+    if (strlen(msg) > h->longest)
+        h->longest = strlen(msg);
 }
 
 /* A trigger that raises a NOTICE and then an error: both reach the client
@@ -766,6 +769,92 @@ START_TEST(error_right_behind_a_notice_is_seen_mid_stream)
     assert_no_copy_running();
     pgt_exec(f.targets[1], "DROP TABLE %s; DROP FUNCTION %s_trip()", f.tables[1],
              f.tables[1]);
+    fanout_close(&f);
+    PQfinish(admin);
+}
+END_TEST
+
+/* ---- the source's own messages and its loss ---- */
+
+/* Notices the source raises between its rows (one bigger than the COPY's
+ * read buffer) reach the source connection's notice receiver, the
+ * caller's own in odd rounds, in order, and every row still arrives. */
+START_TEST(source_notices_reach_its_notice_receiver)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    char note[64], sql[512];
+    pgt_name(note, sizeof note, "note");
+    pgt_exec(admin,
+             "CREATE FUNCTION %s(g bigint) RETURNS bigint LANGUAGE plpgsql AS $$BEGIN "
+             "IF g %% 20000 = 0 THEN RAISE NOTICE 'at %%', g; END IF; "
+             "IF g = 100001 THEN RAISE NOTICE '%%', repeat('n', 300000); END IF; "
+             "RETURN g; END$$",
+             note);
+    fanout f;
+    fanout_open(&f, SOURCE, 2, "text");
+    pgt_exec(f.source, "SET client_min_messages = notice");
+    heard h = {0};
+    if (_i % 2)
+        PQsetNoticeReceiver(f.source, hear_notice, &h);
+    /* OFFSET 0: the notices come between rows, not all before the first. */
+    snprintf(sql, sizeof sql,
+             "COPY (SELECT s.* FROM (SELECT * FROM " SOURCE
+             " ORDER BY id OFFSET 0) s WHERE %s(s.id) IS NOT NULL) TO STDOUT",
+             note);
+    pgfan_transfer_result res;
+    int rc = pgfan_transfer(f.source, sql, 2, f.targets, f.copy_in_ptr, NULL, &res, NULL);
+    ck_assert_msg(rc == PGFAN_OK, "%d: %s %s", rc, res.error.sqlstate, res.error.message);
+    ck_assert_uint_eq(res.rows, SOURCE_ROWS);
+    if (_i % 2) {
+        ck_assert_int_eq(h.count, SOURCE_ROWS / 20000 + 1);
+        ck_assert_str_eq(h.last, "at 200000");
+        ck_assert_uint_eq(h.longest, 300000);
+    }
+    char *want = pgt_checksum(admin, SOURCE);
+    for (size_t i = 0; i < 2; i++) {
+        char *got = pgt_checksum(f.targets[i], f.tables[i]);
+        ck_assert_str_eq(got, want);
+        free(got);
+    }
+    free(want);
+    pgt_assert_usable(f.source);
+    fanout_close(&f);
+    pgt_exec(admin, "DROP FUNCTION %s(bigint)", note);
+    PQfinish(admin);
+}
+END_TEST
+
+/* The source's backend is terminated while the source is held mid-stream:
+ * the fault is the source's, with the server's word on it, and nothing
+ * commits; the targets stay usable. */
+START_TEST(source_terminated_mid_stream)
+{
+    PGconn *admin = pgt_connect();
+    shared_source(admin);
+    fanout f;
+    fanout_open(&f, SOURCE, 2, "text");
+    gate_close(admin);
+    pgfan_options o = options(_i % 2 ? PGFAN_POLICY_DROP : PGFAN_POLICY_ABORT, 0, 0);
+    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
+    add_statement_receivers(m, &f);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    run_until_bytes(m, 2 << 20);
+    pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.source));
+    pgfan_fault fault = next_fault(m);
+    gate_open(admin);
+    ck_assert_int_eq(fault.receiver, PGFAN_PRODUCER_INDEX);
+    ck_assert_msg(fault.code == PGFAN_ECONN || strcmp(fault.sqlstate, "57P01") == 0,
+                  "fault: %d %s %s", fault.code, fault.sqlstate, fault.message);
+    ck_assert_msg(fault.message[0] != '\0', "the fault says nothing");
+    run_to_end(m);
+    ck_assert_status(pgfan_manager_finish(m), PGFAN_EPRODUCER);
+    pgfan_manager_free(m);
+    ck_assert_int_eq(PQstatus(f.source), CONNECTION_BAD);
+    PQfinish(f.source);
+    f.source = pgt_connect(); /* the targets are what is checked */
+    assert_targets_empty(&f);
+    assert_no_copy_running();
     fanout_close(&f);
     PQfinish(admin);
 }
@@ -932,6 +1021,8 @@ Suite *faults_suite(void)
     tcase_add_loop_test(tc, a_terminated_target_is_retried_from_the_journal, 0, 2);
     tcase_add_loop_test(tc, constraint_violation_is_seen_mid_stream, 0, ROUNDS);
     tcase_add_loop_test(tc, source_fails_mid_stream, 0, ROUNDS);
+    tcase_add_loop_test(tc, source_notices_reach_its_notice_receiver, 0, 2);
+    tcase_add_loop_test(tc, source_terminated_mid_stream, 0, 2);
     tcase_add_loop_test(tc, stalled_callback_reconciled_while_data_is_in_the_ring, 0,
                         ROUNDS);
     tcase_add_loop_test(tc, stalled_callback_reconciled_too_late_is_dropped, 0, ROUNDS);

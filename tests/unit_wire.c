@@ -1,4 +1,4 @@
-/* COPY IN on the wire: framing and classifying, over socketpairs. */
+/* COPY on the wire: framing, classifying and reading, over socketpairs. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -244,6 +244,144 @@ START_TEST(reading_keeps_every_byte_in_order)
 }
 END_TEST
 
+/* ---- COPY OUT ---- */
+
+#define OUT_INLINE 8192
+
+/* A COPY OUT stream: data messages of the sizes in `sizes` (a negative
+ * size is a notice of that many bytes), then CopyDone and a
+ * CommandComplete.  Payload byte i of message k is k * 31 + i * 7. */
+static char *copy_out_stream(const long *sizes, size_t n, size_t *len, size_t *end_at,
+                             size_t *data_at)
+{
+    size_t total = 32;
+    for (size_t k = 0; k < n; k++)
+        total += 5 + (size_t)labs(sizes[k]);
+    char *w = malloc(total), *p = w;
+    for (size_t k = 0; k < n; k++) {
+        size_t size = (size_t)labs(sizes[k]);
+        p += message(p, sizes[k] < 0 ? 'N' : 'd', size);
+        data_at[k] = (size_t)(p - w) - size;
+        for (size_t i = 0; sizes[k] >= 0 && i < size; i++)
+            p[-(long)size + (long)i] = (char)(k * 31 + i * 7);
+    }
+    *end_at = (size_t)(p - w);
+    p += message(p, 'c', 0);
+    p += message(p, 'C', 8);
+    *len = (size_t)(p - w);
+    return w;
+}
+
+static size_t pump(int fd, const char *wire, size_t len, size_t off)
+{
+    while (off < len) {
+        ssize_t n = send(fd, wire + off, len - off, MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    return off;
+}
+
+/* Reads the stream through a socket taking 4 KiB at a time; with
+ * `discard_after` >= 0, discards from the moment that many data messages
+ * came out.  Checks every message and the bytes left at the end. */
+static void read_copy_out(const long *sizes, size_t n, long discard_after)
+{
+    size_t len, end_at, off = 0, k = 0, data_seen = 0;
+    size_t data_at[32];
+    ck_assert_uint_le(n, 32);
+    char *wire = copy_out_stream(sizes, n, &len, &end_at, data_at);
+    int sv[2];
+    make_pair(sv, 4096);
+    fan_wire_out r;
+    ck_assert_int_eq(fan_wire_out_open(&r, OUT_INLINE), 0);
+    for (;;) {
+        off = pump(sv[0], wire, len, off);
+        fan_wire_message m;
+        int next = fan_wire_out_next(&r, &m);
+        if (next == FAN_WIRE_END)
+            break;
+        ck_assert_int_ne(next, FAN_WIRE_NOMEM);
+        if (next == FAN_WIRE_NEED) {
+            int got = fan_wire_out_fill(&r, sv[1]);
+            ck_assert_int_ge(got, 0);
+            ck_assert(got > 0 || off < len); /* never stuck with all bytes sent */
+            if (discard_after >= 0 && data_seen == (size_t)discard_after && !r.discarding)
+                fan_wire_out_discard(&r);
+            continue;
+        }
+        while (k < n && r.discarding && sizes[k] > OUT_INLINE)
+            k++; /* forgotten without coming out */
+        ck_assert_uint_lt(k, n);
+        size_t size = (size_t)labs(sizes[k]);
+        if (sizes[k] < 0) {
+            ck_assert_int_eq(next, FAN_WIRE_ASIDE);
+            ck_assert_uint_eq(m.len, 5 + size);
+            ck_assert_int_eq(m.data[0], 'N');
+        } else {
+            ck_assert_int_eq(next, FAN_WIRE_DATA);
+            ck_assert_uint_eq(m.len, size);
+            ck_assert_int_eq(m.owned != NULL, size > OUT_INLINE);
+            ck_assert_int_eq(memcmp(m.data, wire + data_at[k], size), 0);
+            data_seen++;
+        }
+        free(m.owned);
+        k++;
+    }
+    while (k < n && r.discarding && sizes[k] > OUT_INLINE)
+        k++;
+    ck_assert_uint_eq(k, n);
+    /* What is left for libpq starts exactly at CopyDone. */
+    off = pump(sv[0], wire, len, off);
+    while (fan_wire_out_fill(&r, sv[1]) > 0)
+        ;
+    ck_assert_uint_eq(r.len - r.start, len - end_at);
+    ck_assert_int_eq(memcmp(r.buf + r.start, wire + end_at, len - end_at), 0);
+    fan_wire_out_close(&r);
+    free(wire);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+static const long out_sizes[] = {0,
+                                 1,
+                                 100,
+                                 OUT_INLINE - 1,
+                                 OUT_INLINE,
+                                 OUT_INLINE + 1,
+                                 -50,
+                                 3,
+                                 300000,
+                                 7,
+                                 -300000,
+                                 70000,
+                                 10,
+                                 200,
+                                 OUT_INLINE * 2,
+                                 0,
+                                 1 << 20,
+                                 5};
+
+/* Every message comes out whole and in order: small ones in place, ones
+ * bigger than inline_max in a buffer of their own, notices aside (one
+ * bigger than the read buffer too), and the end is left untouched. */
+START_TEST(copy_out_messages_come_out_whole_and_in_order)
+{
+    read_copy_out(out_sizes, sizeof out_sizes / sizeof *out_sizes, -1);
+}
+END_TEST
+
+/* After a cancel the data is read and forgotten, a big message half read
+ * included, without keeping it; notices still come out, and the end is
+ * found at the right byte. */
+START_TEST(a_cancelled_copy_out_is_read_to_its_end)
+{
+    static const long discard_at[] = {0, 2, 6, 7, 9, 10};
+    read_copy_out(out_sizes, sizeof out_sizes / sizeof *out_sizes, discard_at[_i]);
+}
+END_TEST
+
 Suite *wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -253,6 +391,8 @@ Suite *wire_suite(void)
     tcase_add_test(tc, notices_and_reports_mean_the_copy_runs);
     tcase_add_test(tc, an_error_behind_a_notice_is_flagged);
     tcase_add_test(tc, reading_keeps_every_byte_in_order);
+    tcase_add_test(tc, copy_out_messages_come_out_whole_and_in_order);
+    tcase_add_loop_test(tc, a_cancelled_copy_out_is_read_to_its_end, 0, 6);
     suite_add_tcase(s, tc);
     return s;
 }
