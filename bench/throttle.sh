@@ -112,6 +112,10 @@ for round in $(seq 1 "$repeat"); do
     echo "$round backpressure $b1 $b2 $b3" >>"$raw"
     read -r e1 e2 e3 < <(run_tee "$rate")
     echo "$round tee $e1 $e2 $e3" >>"$raw"
+    # --retries keeps the whole stream in the journal (to reload a lost
+    # target from its start): its cost with no target lagging or lost.
+    read -r r1 r2 _ < <(run_pgfan -t "${tgt[0]}" -t "${tgt[1]}" --retries 1)
+    echo "$round retries $r1 $r2 -" >>"$raw"
 done
 
 # Peak RSS of pgfan while the journal carries the slow target's lag.

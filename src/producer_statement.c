@@ -75,12 +75,12 @@ static int wire_begin(pgfan_producer *p, const fan_wait *w, int *binary, pgfan_f
     if (fan_wire_out_open(&p->wire, p->shared->ring.chunk_bytes) != 0)
         return fan_copy_started(p->conn, PGRES_COPY_OUT, w, PGFAN_PRODUCER_INDEX,
                                 FAN_SOURCE_LABEL, &p->nfields, binary, f);
-    int at = 0;
+    int at = FAN_WIRE_NEED;
     for (;;) {
         int got = fan_wire_out_fill(&p->wire, PQsocket(p->conn));
         if (got < 0)
             break;
-        if ((at = fan_wire_out_begin(&p->wire, p->conn)) != 0)
+        if ((at = fan_wire_out_begin(&p->wire, p->conn)) != FAN_WIRE_NEED)
             break;
         if (got > 0)
             continue;
@@ -89,10 +89,11 @@ static int wire_begin(pgfan_producer *p, const fan_wait *w, int *binary, pgfan_f
             break;
         poll_source(p->conn, ms < 100 ? ms : 100);
     }
-    if (at == 1)
+    if (at == FAN_WIRE_STARTED)
         return fan_copy_result(p->conn, PGRES_COPY_OUT, PGFAN_PRODUCER_INDEX,
                                FAN_SOURCE_LABEL, &p->nfields, binary, f);
-    if (at < 0 || fan_wire_out_give_rest(&p->wire, p->conn) != 0) {
+    /* Another answer was handed over whole; otherwise what was read is. */
+    if (at == FAN_WIRE_FAILED || fan_wire_out_give_rest(&p->wire, p->conn) != 0) {
         fan_wire_out_close(&p->wire);
         return wire_broke(f);
     }

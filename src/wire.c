@@ -462,19 +462,20 @@ int fan_wire_out_begin(fan_wire_out *r, PGconn *conn)
     for (;;) {
         size_t avail = r->len - r->start;
         if (avail < HEADER)
-            return 0;
+            return FAN_WIRE_NEED;
         const char *h = r->buf + r->start;
         uint32_t size = get_u32(h + 1);
         if ((h[0] != 'H' && h[0] != 'N' && h[0] != 'A' && h[0] != 'S') || size < 4)
-            return fan_wire_out_give_rest(r, conn) == 0 ? 2 : -1;
+            return fan_wire_out_give_rest(r, conn) == 0 ? FAN_WIRE_END : FAN_WIRE_FAILED;
         if (avail - 1 < size)
-            return out_room_for(r, 1 + (size_t)size) == 0 ? 0 : -1;
+            return out_room_for(r, 1 + (size_t)size) == 0 ? FAN_WIRE_NEED
+                                                          : FAN_WIRE_FAILED;
         /* libpq is waiting for the answer: PQisBusy parses all of these. */
         if (give(r->pair, conn, h, 1 + (size_t)size, 0) != 0)
-            return -1;
+            return FAN_WIRE_FAILED;
         r->start += 1 + (size_t)size;
         if (h[0] == 'H')
-            return 1;
+            return FAN_WIRE_STARTED;
     }
 }
 

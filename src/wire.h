@@ -130,11 +130,13 @@ typedef struct fan_wire_out {
 } fan_wire_out;
 
 enum fan_wire_next {
-    FAN_WIRE_NEED,  /* read more (fan_wire_out_fill) */
-    FAN_WIRE_DATA,  /* a CopyData payload */
-    FAN_WIRE_ASIDE, /* a message for libpq (fan_wire_out_give) */
-    FAN_WIRE_END,   /* the server left COPY OUT: give libpq the rest */
-    FAN_WIRE_NOMEM
+    FAN_WIRE_NEED,    /* read more (fan_wire_out_fill) */
+    FAN_WIRE_DATA,    /* a CopyData payload */
+    FAN_WIRE_ASIDE,   /* a message for libpq (fan_wire_out_give) */
+    FAN_WIRE_END,     /* the server left COPY OUT: give libpq the rest */
+    FAN_WIRE_NOMEM,   /* no memory for the next message */
+    FAN_WIRE_STARTED, /* fan_wire_out_begin: libpq has the CopyOutResponse */
+    FAN_WIRE_FAILED   /* fan_wire_out_begin: the stand-in failed, or no memory */
 };
 
 typedef struct fan_wire_message {
@@ -153,9 +155,9 @@ int fan_wire_out_fill(fan_wire_out *r, int fd);
 /* The next message read, or what to do. */
 int fan_wire_out_next(fan_wire_out *r, fan_wire_message *m);
 /* While the COPY starts: gives libpq the whole messages read, up to the
- * CopyOutResponse.  Returns 1 when that was handed over (the COPY runs),
- * 2 when another answer came (all of it handed over: libpq reads on), 0
- * when more must be read, -1 when the stand-in failed or no memory. */
+ * CopyOutResponse.  Returns FAN_WIRE_STARTED when that was handed over
+ * (the COPY runs), FAN_WIRE_END when another answer came (all of it handed
+ * over: libpq reads on), FAN_WIRE_NEED or FAN_WIRE_FAILED. */
 int fan_wire_out_begin(fan_wire_out *r, PGconn *conn);
 /* Gives libpq a message FAN_WIRE_ASIDE returned (libpq is in COPY OUT). */
 int fan_wire_out_give(fan_wire_out *r, PGconn *conn, const fan_wire_message *aside);

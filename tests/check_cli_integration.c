@@ -840,13 +840,17 @@ START_TEST(a_rate_limited_target_trails_while_the_others_load)
 END_TEST
 
 /* Runs tests/pg-harness.sh CMD DIR for a server of the test's own (one it
- * restarts); returns the last line it printed (start: the conninfo). */
-static void harness(const char *cmd, const char *dir, char *line, size_t len)
+ * restarts); returns the last line it printed (start: the conninfo).  The
+ * server goes with the test's process: a test that fails before stopping
+ * it leaves no server behind. */
+static void harness_for(const char *cmd, const char *dir, pid_t owner, char *line,
+                        size_t len)
 {
     const char *script = getenv("PGFAN_HARNESS");
     char command[1024];
     ck_assert_msg(script != NULL, "PGFAN_HARNESS is not set (run through make check)");
-    snprintf(command, sizeof command, "sh '%s' %s '%s' 2>&1", script, cmd, dir);
+    snprintf(command, sizeof command, "sh '%s' %s '%s' %ld 2>&1", script, cmd, dir,
+             (long)owner);
     FILE *p = popen(command, "r");
     ck_assert_ptr_nonnull(p);
     char buf[1024] = "";
@@ -858,6 +862,42 @@ static void harness(const char *cmd, const char *dir, char *line, size_t len)
     int rc = pclose(p);
     ck_assert_msg(rc == 0, "pg-harness.sh %s failed: %s", cmd, line);
 }
+
+static void harness(const char *cmd, const char *dir, char *line, size_t len)
+{
+    harness_for(cmd, dir, getpid(), line, len);
+}
+
+/* A private server whose test process ends without stopping it (a failed
+ * assertion exits at once) is stopped and its directory removed. */
+START_TEST(a_private_server_goes_with_its_test)
+{
+    pid_t owner = fork();
+    ck_assert_int_ge(owner, 0);
+    if (owner == 0) {
+        pause();
+        _exit(0);
+    }
+    char dir[32] = "/tmp/pgfan-owned.XXXXXX", line[1024];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    harness_for("start", dir, owner, line, sizeof line);
+    PGconn *c = PQconnectdb(line);
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
+    PQfinish(c);
+    kill(owner, SIGKILL);
+    waitpid(owner, NULL, 0); /* a zombie would still count as alive */
+    int gone = 0;
+    for (int tries = 0; tries < 600 && !gone; tries++) {
+        gone = access(dir, F_OK) != 0;
+        if (!gone)
+            sleep_ms(100); /* a poll for a state, bounded by the loop */
+    }
+    ck_assert_msg(gone, "%s is still there a minute after its owner ended", dir);
+    c = PQconnectdb(line);
+    ck_assert_int_ne(PQstatus(c), CONNECTION_OK);
+    PQfinish(c);
+}
+END_TEST
 
 /* Rows the COPY on the private server has stored, -1 when none runs (or
  * the server is down). */
@@ -1531,6 +1571,7 @@ static Suite *cli_suite(void)
     tcase_add_loop_test(spill, a_target_server_restarted_mid_stream_is_reloaded, 0, 2);
     tcase_add_test(spill, a_reconnecting_target_holds_no_other_back);
     tcase_add_test(spill, a_rejected_row_is_not_retried);
+    tcase_add_test(spill, a_private_server_goes_with_its_test);
     suite_add_tcase(s, spill);
     return s;
 }

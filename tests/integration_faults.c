@@ -150,6 +150,16 @@ static void gate_open(PGconn *admin)
     pgt_exec(admin, "SELECT pg_advisory_unlock(%d)", GATE_KEY);
 }
 
+/* Starts copying the gated source into `f`, held at id 100000. */
+static pgfan_manager *start_gated(PGconn *admin, fanout *f, const pgfan_options *o)
+{
+    gate_close(admin);
+    pgfan_manager *m = statement_manager(f->source, GATED_SQL, o);
+    add_statement_receivers(m, f);
+    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    return m;
+}
+
 /* Runs cycles until the producer has read `bytes`; no fault may happen. */
 static void run_until_bytes(pgfan_manager *m, uint64_t bytes)
 {
@@ -277,10 +287,7 @@ START_TEST(terminated_backend)
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
     pgfan_options o = options(policy, 0, 0);
-    gate_close(admin);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 2 << 20);
     pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.targets[1]));
     pgfan_fault fault = next_fault(m);
@@ -335,10 +342,7 @@ START_TEST(a_terminated_target_is_retried_from_the_journal)
     pgfan_options o = options(policy, 600000, 0);
     o.spill_limit = (uint64_t)1 << 30;
     o.retries = 1;
-    gate_close(admin);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 2 << 20);
     pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.targets[1]));
     pgfan_fault fault = next_fault(m);
@@ -378,11 +382,8 @@ END_TEST
  * (the source is held at id 100000), not at CopyDone. */
 static pgfan_fault server_fault_mid_stream(PGconn *admin, fanout *f, pgfan_manager **mp)
 {
-    gate_close(admin);
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
-    pgfan_manager *m = statement_manager(f->source, GATED_SQL, &o);
-    add_statement_receivers(m, f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, f, &o);
     pgfan_fault fault = next_fault(m);
     pgfan_progress pr = progress(m);
     gate_open(admin);
@@ -571,10 +572,7 @@ START_TEST(stopped_target_backend_stalls_then_is_dropped)
      * running target paused for over 1 s, and it must not be the one
      * stalled out. */
     pgfan_options o = options(PGFAN_POLICY_DROP, 60000, 5000);
-    gate_close(admin);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 1 << 20);
     int pid = PQbackendPID(f.targets[1]);
     ck_assert_int_eq(kill(pid, SIGSTOP), 0);
@@ -834,11 +832,8 @@ START_TEST(source_terminated_mid_stream)
     shared_source(admin);
     fanout f;
     fanout_open(&f, SOURCE, 2, "text");
-    gate_close(admin);
     pgfan_options o = options(_i % 2 ? PGFAN_POLICY_DROP : PGFAN_POLICY_ABORT, 0, 0);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 2 << 20);
     pgt_exec(admin, "SELECT pg_terminate_backend(%d)", PQbackendPID(f.source));
     pgfan_fault fault = next_fault(m);
@@ -869,10 +864,7 @@ static void end_mid_copy(int use_abort)
     fanout f;
     fanout_open(&f, SOURCE, 3, "text");
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
-    gate_close(admin);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 2 << 20);
     if (use_abort)
         ck_assert_status(pgfan_manager_abort(m, "pgfan test: caller abort"), PGFAN_OK);
@@ -909,10 +901,7 @@ START_TEST(abort_returns_while_a_target_is_stopped)
     PGconn *admin_b = pgt_connect_b();
     pgfan_options o = options(PGFAN_POLICY_ABORT, 0, 0);
     o.realign_timeout_ms = 300;
-    gate_close(admin);
-    pgfan_manager *m = statement_manager(f.source, GATED_SQL, &o);
-    add_statement_receivers(m, &f);
-    ck_assert_status(pgfan_manager_start(m), PGFAN_OK);
+    pgfan_manager *m = start_gated(admin, &f, &o);
     run_until_bytes(m, 1 << 20);
     int pid = PQbackendPID(f.targets[1]);
     ck_assert_int_eq(kill(pid, SIGSTOP), 0);

@@ -1,8 +1,12 @@
 #!/bin/sh
 # Throwaway PostgreSQL servers for tests, the demo and benchmarks.
 #
-#   pg-harness.sh start DIR   initdb + start a server whose data and socket
-#                             live in DIR; prints a libpq conninfo for it
+#   pg-harness.sh start DIR [PID]
+#                             initdb + start a server whose data and socket
+#                             live in DIR; prints a libpq conninfo for it.
+#                             With PID, a watchdog stops it and removes DIR
+#                             once process PID is gone (a test that failed
+#                             before stopping its own server)
 #   pg-harness.sh stop DIR    stop that server and remove DIR
 #   pg-harness.sh restart DIR restart it in immediate mode (a crash, to its
 #                             clients)
@@ -78,7 +82,19 @@ start() {
         fi
     done
     echo "$port" >"$dir/port"
+    [ -z "${2:-}" ] || watch_owner "$dir" "$2"
     echo "host=$dir port=$port user=$user dbname=postgres"
+}
+
+# Stops the server in $1 once process $2 has ended, unless it was stopped
+# (and $1 removed) before.  Detached from the caller's output, so a caller
+# reading it to its end does not wait for the watchdog.
+watch_owner() {
+    (
+        trap '' HUP
+        while kill -0 "$2" 2>/dev/null && [ -d "$1" ]; do sleep 1; done
+        stop "$1"
+    ) </dev/null >/dev/null 2>&1 &
 }
 
 down() {
@@ -108,7 +124,7 @@ restart() {
 }
 
 case "${1:-}" in
-start) start "$2" ;;
+start) start "$2" "${3:-}" ;;
 stop) stop "$2" ;;
 restart) restart "$2" ;;
 down) down "$2" ;;
