@@ -243,7 +243,8 @@ int fan_exec_within(PGconn *conn, const char *sql, const fan_wait *w, int who,
     int rc = PGFAN_OK;
     PGresult *res;
     while ((res = PQgetResult(conn)) != NULL) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && rc == PGFAN_OK) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && rc == PGFAN_OK) {
             fan_fault_from_result(f, who, label, res);
             rc = f->code;
             const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);

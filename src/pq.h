@@ -43,7 +43,8 @@ int fan_await_result_until(PGconn *conn, const fan_wait *w, const struct timespe
                            int who, const char *label, pgfan_fault *f);
 
 /*
- * Runs one command (BEGIN, COMMIT, ROLLBACK) and waits for it within `w`.
+ * Runs one command (BEGIN, COMMIT, ROLLBACK, a SELECT whose rows are not
+ * wanted) and waits for it within `w`.
  * On giving up it cancels the command and still reads its answer (at most
  * cancel_ms), so a COMMIT the cancel came too late for is reported as
  * done.  Returns PGFAN_OK when the command succeeded; otherwise fills `f`

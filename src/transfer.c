@@ -1,6 +1,7 @@
 /* pgfan_transfer(): the whole fan-out in one call, each target in its own
  * transaction unless the caller already opened one.  Built on the public
  * API only, with the library's one commit rule (may_commit). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,6 +59,27 @@ static int build(pgfan_manager **out, PGconn *source, const char *copy_to_sql,
     return rc;
 }
 
+/*
+ * stall_timeout_ms as our transaction's lock_timeout (never raising a
+ * shorter one): a COPY waiting on another session's lock at its end
+ * (foreign key checks) looks like work from here; the server cancels it.
+ */
+static int bound_lock_waits(PGconn *conn, const pgfan_options *o, int who,
+                            const char *label, pgfan_fault *f)
+{
+    char sql[400];
+    unsigned int ms = o->stall_timeout_ms;
+    if (ms == 0)
+        return 0;
+    snprintf(sql, sizeof sql,
+             "SELECT pg_catalog.set_config('lock_timeout', '%u', true) "
+             "FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' "
+             "AND (setting::bigint = 0 OR setting::bigint > %u)",
+             ms, ms);
+    fan_wait w = fan_wait_from_options(o);
+    return fan_exec_within(conn, sql, &w, who, label, f) == PGFAN_OK ? 0 : -1;
+}
+
 /* Opens a transaction on every idle target (own_tx[i] says which). */
 static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
                      const pgfan_options *o, pgfan_fault *f)
@@ -70,6 +92,8 @@ static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
         if (exec_tx(targets[i], TX_BEGIN, o, (int)i, label, f) != 0)
             return -1;
         own_tx[i] = 1;
+        if (bound_lock_waits(targets[i], o, (int)i, label, f) != 0)
+            return -1;
     }
     return 0;
 }

@@ -1518,7 +1518,10 @@ START_TEST(a_lock_blocked_target_is_dropped_and_the_rest_commit)
     pgt_assert_no_copy_running(t); /* before the blocker lets go */
     pgt_exec(blocker, "ROLLBACK");
     ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
-    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "held the copy back"),
+    /* Either watch may see it first: the stall (nothing moves) or the
+     * server's lock_timeout the command sets from --stall-timeout. */
+    ck_assert_msg(strstr(r.err, "target 2 (") && (strstr(r.err, "held the copy back") ||
+                                                  strstr(r.err, "(SQLSTATE 55P03)")),
                   "%s", r.err);
     char *want = source_checksum(table);
     assert_target(1, table, want);
@@ -1529,6 +1532,60 @@ START_TEST(a_lock_blocked_target_is_dropped_and_the_rest_commit)
     PQfinish(t);
     PQfinish(blocker);
     drop_tables(table);
+}
+END_TEST
+
+/*
+ * Target 2 waits on a row lock at its COPY's end (each target checks a
+ * foreign key; a session holds a referenced row FOR UPDATE until the
+ * command is over), where nothing the client sees tells the wait from
+ * work.  --stall-timeout 1 bounds it as the transaction's lock_timeout:
+ * target 2 fails with 55P03 while the lock is still held; under drop the
+ * others commit (exit 3), under abort nothing does (exit 1).
+ */
+START_TEST(a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout)
+{
+    int drop = _i == 1;
+    char table[64];
+    new_tables(table, 1000);
+    for (int i = 1; i <= NT; i++) {
+        PGconn *t = db(i);
+        pgt_exec(t, "CREATE TABLE %s_p (id int8 PRIMARY KEY)", table);
+        pgt_exec(t, "INSERT INTO %s_p SELECT generate_series(1, 1000)", table);
+        pgt_exec(t, "ALTER TABLE %s ADD FOREIGN KEY (id) REFERENCES %s_p", table, table);
+        PQfinish(t);
+    }
+    PGconn *holder = db(2);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "SELECT FROM %s_p WHERE id = 500 FOR UPDATE", table);
+    cli_run r =
+        run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                conninfo[3], "--table", table, "--on-fault", drop ? "drop" : "abort",
+                "--stall-timeout", "1", "--report", "-", "--no-progress", NULL);
+    ck_assert_int_eq(PQtransactionStatus(holder), PQTRANS_INTRANS); /* still locked */
+    pgt_assert_no_copy_running(holder);
+    pgt_exec(holder, "ROLLBACK");
+    ck_assert_msg(r.code == (drop ? 3 : 1), "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "lock timeout") &&
+                      strstr(r.err, "(SQLSTATE 55P03)"),
+                  "%s", r.err);
+    ck_assert_msg(strstr(r.out, "\"sqlstate\": \"55P03\""), "%s", r.out);
+    char *want = source_checksum(table);
+    assert_target(1, table, drop ? want : "0:0");
+    assert_target(2, table, "0:0");
+    assert_target(3, table, drop ? want : "0:0");
+    free(want);
+    char *timeout = pgt_value(holder, "SHOW lock_timeout");
+    ck_assert_str_eq(timeout, "0"); /* the setting ended with the transaction */
+    free(timeout);
+    cli_free(&r);
+    PQfinish(holder);
+    drop_tables(table);
+    for (int i = 1; i <= NT; i++) {
+        PGconn *t = db(i);
+        pgt_exec(t, "DROP TABLE %s_p", table);
+        PQfinish(t);
+    }
 }
 END_TEST
 
@@ -1563,6 +1620,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, a_signal_interrupts_a_locked_copy_start);
     tcase_add_test(tc, a_signal_interrupts_the_wait_for_a_copys_end);
     tcase_add_test(tc, a_locked_copy_start_fails_at_the_stall_timeout);
+    tcase_add_loop_test(tc, a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout, 0, 2);
     suite_add_tcase(s, tc);
     TCase *spill = tcase_create("spill");
     tcase_set_timeout(spill, 600);

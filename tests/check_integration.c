@@ -784,6 +784,76 @@ START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
 }
 END_TEST
 
+/* pgfan_transfer with stall_timeout_ms bounds the lock waits of the
+ * transactions it opens: target 2's COPY end waits on an advisory lock held
+ * here (an AFTER STATEMENT trigger), the server cancels it after 1 s with
+ * 55P03 while the lock is still held; under drop target 1 commits.  Both
+ * connections come back idle with lock_timeout as it was. */
+START_TEST(stall_timeout_bounds_a_lock_wait_at_a_copys_end)
+{
+    PGconn *admin = pgt_connect();
+    char src[64], dst[2][64];
+    pgt_name(src, sizeof src, "lockend_src");
+    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(admin,
+             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+             src);
+    PGconn *targets[2];
+    char in_sql[2][200], out_sql[128];
+    const char *in_ptr[2];
+    for (int i = 0; i < 2; i++) {
+        pgt_name(dst[i], sizeof dst[i], "lockend_dst");
+        pgt_exec(admin, "CREATE TABLE %s (id int, t text)", dst[i]);
+        targets[i] = pgt_connect();
+        snprintf(in_sql[i], sizeof in_sql[i], "COPY %s FROM STDIN", dst[i]);
+        in_ptr[i] = in_sql[i];
+    }
+    pgt_exec(admin,
+             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM pg_advisory_xact_lock_shared(4245); RETURN NULL; END $$",
+             dst[1]);
+    pgt_exec(admin,
+             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
+             "FUNCTION %s_gate()",
+             dst[1], dst[1]);
+    pgt_exec(admin, "SELECT pg_advisory_lock(4245)");
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.policy = PGFAN_POLICY_DROP;
+    o.stall_timeout_ms = 1000;
+    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    PGconn *source = pgt_connect();
+    pgfan_transfer_result res;
+    pgfan_receiver_result per[2];
+    int rc = pgfan_transfer(source, out_sql, 2, targets, in_ptr, &o, &res, per);
+    pgt_assert_no_copy_running(admin); /* while the lock is still held */
+    pgt_exec(admin, "SELECT pg_advisory_unlock(4245)");
+    ck_assert_status(rc, PGFAN_EPARTIAL);
+    ck_assert_uint_eq(res.committed, 1);
+    ck_assert(per[0].may_commit && !per[0].has_fault);
+    ck_assert(per[1].has_fault);
+    ck_assert_str_eq(per[1].fault.sqlstate, "55P03");
+    char *want = pgt_checksum(admin, src);
+    char *got = pgt_checksum(admin, dst[0]);
+    ck_assert_str_eq(got, want);
+    free(got), free(want);
+    for (int i = 0; i < 2; i++) {
+        pgt_assert_usable(targets[i]);
+        char *timeout = pgt_value(targets[i], "SHOW lock_timeout");
+        ck_assert_str_eq(timeout, "0");
+        free(timeout);
+        PQfinish(targets[i]);
+    }
+    char *n = pgt_value(admin, "SELECT count(*) FROM %s", dst[1]);
+    ck_assert_str_eq(n, "0");
+    free(n);
+    PQfinish(source);
+    pgt_exec(admin, "DROP TABLE %s, %s, %s", src, dst[0], dst[1]);
+    pgt_exec(admin, "DROP FUNCTION %s_gate()", dst[1]);
+    PQfinish(admin);
+}
+END_TEST
+
 static Suite *integration_suite(void)
 {
     Suite *s = suite_create("integration");
@@ -821,6 +891,7 @@ static Suite *integration_suite(void)
     tcase_set_timeout(endings, 300);
     tcase_add_test(endings, an_interrupted_commit_says_what_the_server_did);
     tcase_add_test(endings, an_interrupt_cancels_the_wait_for_a_copys_end);
+    tcase_add_test(endings, stall_timeout_bounds_a_lock_wait_at_a_copys_end);
     suite_add_tcase(s, endings);
     return s;
 }

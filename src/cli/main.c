@@ -74,8 +74,28 @@ static int preflight(run *r)
     return 0;
 }
 
-/* Target i's transaction: BEGIN, and its TRUNCATE with --truncate.
- * Returns 0, or -1 after saying why. */
+/*
+ * --stall-timeout as the transaction's lock_timeout (never raising a
+ * shorter one the session has): a target waiting on another session's
+ * lock moves nothing, and at the COPY's end (foreign key checks) nothing
+ * the client sees tells it from work; the server cancels that wait.
+ */
+static int bound_lock_waits(run *r, size_t i, cli_fail *f)
+{
+    char sql[400];
+    unsigned int ms = r->opt.stall_timeout_ms;
+    if (ms == 0)
+        return 0;
+    snprintf(sql, sizeof sql,
+             "SELECT pg_catalog.set_config('lock_timeout', '%u', true) "
+             "FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' "
+             "AND (setting::bigint = 0 OR setting::bigint > %u)",
+             ms, ms);
+    return exec_ok(r, &r->targets[i], sql, (int)i, f);
+}
+
+/* Target i's transaction: BEGIN, its lock bound with --stall-timeout, and
+ * its TRUNCATE with --truncate.  Returns 0, or -1 after saying why. */
 static int begin_one(run *r, size_t i)
 {
     cli_fail f;
@@ -84,8 +104,9 @@ static int begin_one(run *r, size_t i)
         return -1;
     }
     r->in_tx[i] = 1;
-    if (r->plan.truncate_sql[i] &&
-        exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0) {
+    if (bound_lock_waits(r, i, &f) != 0 ||
+        (r->plan.truncate_sql[i] &&
+         exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0)) {
         print_fail(r, &f);
         return -1;
     }
