@@ -1,11 +1,11 @@
 /* pgfan_transfer(): the whole fan-out in one call, each target in its own
  * transaction unless the caller already opened one.  Built on the public
  * API only, with the library's one commit rule (may_commit). */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "clock.h"
+#include "lockwait.h"
 #include "pgfan.h"
 #include "pq.h"
 
@@ -68,14 +68,9 @@ static int bound_lock_waits(PGconn *conn, const pgfan_options *o, int who,
                             const char *label, pgfan_fault *f)
 {
     char sql[400];
-    unsigned int ms = o->stall_timeout_ms;
-    if (ms == 0)
+    if (o->stall_timeout_ms == 0)
         return 0;
-    snprintf(sql, sizeof sql,
-             "SELECT pg_catalog.set_config('lock_timeout', '%u', true) "
-             "FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' "
-             "AND (setting::bigint = 0 OR setting::bigint > %u)",
-             ms, ms);
+    fan_lock_timeout_sql(sql, sizeof sql, o->stall_timeout_ms);
     fan_wait w = fan_wait_from_options(o);
     return fan_exec_within(conn, sql, &w, who, label, f) == PGFAN_OK ? 0 : -1;
 }

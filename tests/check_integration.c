@@ -729,6 +729,67 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
 }
 END_TEST
 
+/* Two targets of a 5000-row source table, each on its own connection;
+ * target 2's COPY end waits on advisory lock `key` (an AFTER STATEMENT
+ * trigger) while the test holds it. */
+typedef struct gated_end {
+    char src[64], dst[2][64], in_sql[2][200];
+    const char *in_ptr[2];
+    PGconn *targets[2];
+    int key;
+} gated_end;
+
+static void gated_end_create(PGconn *admin, gated_end *g, int key)
+{
+    g->key = key;
+    pgt_name(g->src, sizeof g->src, "end_src");
+    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", g->src);
+    pgt_exec(admin,
+             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+             g->src);
+    for (int i = 0; i < 2; i++) {
+        pgt_name(g->dst[i], sizeof g->dst[i], "end_dst");
+        pgt_exec(admin, "CREATE TABLE %s (id int, t text)", g->dst[i]);
+        g->targets[i] = pgt_connect();
+        snprintf(g->in_sql[i], sizeof g->in_sql[i], "COPY %s FROM STDIN", g->dst[i]);
+        g->in_ptr[i] = g->in_sql[i];
+    }
+    pgt_exec(admin,
+             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "PERFORM pg_advisory_xact_lock_shared(%d); RETURN NULL; END $$",
+             g->dst[1], key);
+    pgt_exec(admin,
+             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
+             "FUNCTION %s_gate()",
+             g->dst[1], g->dst[1]);
+    pgt_exec(admin, "SELECT pg_advisory_lock(%d)", key);
+}
+
+/* After the call: no COPY is left running while the lock is still held,
+ * then the lock is let go. */
+static void gated_end_released(PGconn *admin, gated_end *g)
+{
+    pgt_assert_no_copy_running(admin);
+    pgt_exec(admin, "SELECT pg_advisory_unlock(%d)", g->key);
+}
+
+static void gated_end_drop(PGconn *admin, gated_end *g)
+{
+    for (int i = 0; i < 2; i++) {
+        pgt_assert_usable(g->targets[i]);
+        PQfinish(g->targets[i]);
+    }
+    pgt_exec(admin, "DROP TABLE %s, %s, %s", g->src, g->dst[0], g->dst[1]);
+    pgt_exec(admin, "DROP FUNCTION %s_gate()", g->dst[1]);
+}
+
+static void assert_empty(PGconn *admin, const char *table)
+{
+    char *n = pgt_value(admin, "SELECT count(*) FROM %s", table);
+    ck_assert_str_eq(n, "0");
+    free(n);
+}
+
 /* The interrupt also reaches a COPY that has all its data and whose end
  * waits (an AFTER STATEMENT trigger on target 2 waits on an advisory lock
  * held here): the statement is cancelled, the call fails with
@@ -736,120 +797,62 @@ END_TEST
 START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
 {
     PGconn *admin = pgt_connect();
-    char src[64], dst[2][64];
-    pgt_name(src, sizeof src, "end_src");
-    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
-    pgt_exec(admin,
-             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
-             src);
-    PGconn *targets[2];
-    char in_sql[2][200];
-    const char *in_ptr[2];
-    for (int i = 0; i < 2; i++) {
-        pgt_name(dst[i], sizeof dst[i], "end_dst");
-        pgt_exec(admin, "CREATE TABLE %s (id int, t text)", dst[i]);
-        targets[i] = pgt_connect();
-        snprintf(in_sql[i], sizeof in_sql[i], "COPY %s FROM STDIN", dst[i]);
-        in_ptr[i] = in_sql[i];
-    }
-    pgt_exec(admin,
-             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-             "PERFORM pg_advisory_xact_lock_shared(4244); RETURN NULL; END $$",
-             dst[1]);
-    pgt_exec(admin,
-             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
-             "FUNCTION %s_gate()",
-             dst[1], dst[1]);
-    pgt_exec(admin, "SELECT pg_advisory_lock(4244)");
+    gated_end g;
+    gated_end_create(admin, &g, 4244);
     pgfan_transfer_result res;
     int seen;
     int rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
                                      "wait_event = 'advisory' AND query ILIKE 'copy%'",
-                                     src, 2, targets, in_ptr, &res, &seen);
-    pgt_assert_no_copy_running(admin); /* while the lock is still held */
-    pgt_exec(admin, "SELECT pg_advisory_unlock(4244)");
+                                     g.src, 2, g.targets, g.in_ptr, &res, &seen);
+    gated_end_released(admin, &g);
     ck_assert_msg(seen, "the end of the COPY never waited");
     ck_assert_status(rc, PGFAN_EABORTED);
     ck_assert_uint_eq(res.committed, 0);
-    for (int i = 0; i < 2; i++) {
-        pgt_assert_usable(targets[i]);
-        char *n = pgt_value(admin, "SELECT count(*) FROM %s", dst[i]);
-        ck_assert_str_eq(n, "0");
-        free(n);
-        PQfinish(targets[i]);
-    }
-    pgt_exec(admin, "DROP TABLE %s, %s, %s", src, dst[0], dst[1]);
-    pgt_exec(admin, "DROP FUNCTION %s_gate()", dst[1]);
+    assert_empty(admin, g.dst[0]);
+    assert_empty(admin, g.dst[1]);
+    gated_end_drop(admin, &g);
     PQfinish(admin);
 }
 END_TEST
 
 /* pgfan_transfer with stall_timeout_ms bounds the lock waits of the
  * transactions it opens: target 2's COPY end waits on an advisory lock held
- * here (an AFTER STATEMENT trigger), the server cancels it after 1 s with
- * 55P03 while the lock is still held; under drop target 1 commits.  Both
- * connections come back idle with lock_timeout as it was. */
+ * here, and the server cancels it after 1 s with 55P03 while the lock is
+ * still held; under drop target 1 commits.  Both connections come back
+ * idle with lock_timeout as it was. */
 START_TEST(stall_timeout_bounds_a_lock_wait_at_a_copys_end)
 {
     PGconn *admin = pgt_connect();
-    char src[64], dst[2][64];
-    pgt_name(src, sizeof src, "lockend_src");
-    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
-    pgt_exec(admin,
-             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
-             src);
-    PGconn *targets[2];
-    char in_sql[2][200], out_sql[128];
-    const char *in_ptr[2];
-    for (int i = 0; i < 2; i++) {
-        pgt_name(dst[i], sizeof dst[i], "lockend_dst");
-        pgt_exec(admin, "CREATE TABLE %s (id int, t text)", dst[i]);
-        targets[i] = pgt_connect();
-        snprintf(in_sql[i], sizeof in_sql[i], "COPY %s FROM STDIN", dst[i]);
-        in_ptr[i] = in_sql[i];
-    }
-    pgt_exec(admin,
-             "CREATE FUNCTION %s_gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-             "PERFORM pg_advisory_xact_lock_shared(4245); RETURN NULL; END $$",
-             dst[1]);
-    pgt_exec(admin,
-             "CREATE TRIGGER gate AFTER INSERT ON %s FOR EACH STATEMENT EXECUTE "
-             "FUNCTION %s_gate()",
-             dst[1], dst[1]);
-    pgt_exec(admin, "SELECT pg_advisory_lock(4245)");
+    gated_end g;
+    gated_end_create(admin, &g, 4245);
     pgfan_options o;
     pgfan_options_init(&o);
     o.policy = PGFAN_POLICY_DROP;
     o.stall_timeout_ms = 1000;
-    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+    char out_sql[128];
+    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", g.src);
     PGconn *source = pgt_connect();
     pgfan_transfer_result res;
     pgfan_receiver_result per[2];
-    int rc = pgfan_transfer(source, out_sql, 2, targets, in_ptr, &o, &res, per);
-    pgt_assert_no_copy_running(admin); /* while the lock is still held */
-    pgt_exec(admin, "SELECT pg_advisory_unlock(4245)");
+    int rc = pgfan_transfer(source, out_sql, 2, g.targets, g.in_ptr, &o, &res, per);
+    gated_end_released(admin, &g);
     ck_assert_status(rc, PGFAN_EPARTIAL);
     ck_assert_uint_eq(res.committed, 1);
     ck_assert(per[0].may_commit && !per[0].has_fault);
     ck_assert(per[1].has_fault);
     ck_assert_str_eq(per[1].fault.sqlstate, "55P03");
-    char *want = pgt_checksum(admin, src);
-    char *got = pgt_checksum(admin, dst[0]);
+    char *want = pgt_checksum(admin, g.src);
+    char *got = pgt_checksum(admin, g.dst[0]);
     ck_assert_str_eq(got, want);
     free(got), free(want);
+    assert_empty(admin, g.dst[1]);
     for (int i = 0; i < 2; i++) {
-        pgt_assert_usable(targets[i]);
-        char *timeout = pgt_value(targets[i], "SHOW lock_timeout");
+        char *timeout = pgt_value(g.targets[i], "SHOW lock_timeout");
         ck_assert_str_eq(timeout, "0");
         free(timeout);
-        PQfinish(targets[i]);
     }
-    char *n = pgt_value(admin, "SELECT count(*) FROM %s", dst[1]);
-    ck_assert_str_eq(n, "0");
-    free(n);
     PQfinish(source);
-    pgt_exec(admin, "DROP TABLE %s, %s, %s", src, dst[0], dst[1]);
-    pgt_exec(admin, "DROP FUNCTION %s_gate()", dst[1]);
+    gated_end_drop(admin, &g);
     PQfinish(admin);
 }
 END_TEST

@@ -15,6 +15,7 @@
 
 #include <pgfan.h>
 
+#include "lockwait.h"
 #include "progress.h"
 #include "run.h"
 #include "set.h"
@@ -83,14 +84,9 @@ static int preflight(run *r)
 static int bound_lock_waits(run *r, size_t i, cli_fail *f)
 {
     char sql[400];
-    unsigned int ms = r->opt.stall_timeout_ms;
-    if (ms == 0)
+    if (r->opt.stall_timeout_ms == 0)
         return 0;
-    snprintf(sql, sizeof sql,
-             "SELECT pg_catalog.set_config('lock_timeout', '%u', true) "
-             "FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' "
-             "AND (setting::bigint = 0 OR setting::bigint > %u)",
-             ms, ms);
+    fan_lock_timeout_sql(sql, sizeof sql, r->opt.stall_timeout_ms);
     return exec_ok(r, &r->targets[i], sql, (int)i, f);
 }
 
