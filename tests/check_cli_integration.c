@@ -1478,21 +1478,32 @@ START_TEST(a_signal_interrupts_the_wait_for_a_copys_end)
 }
 END_TEST
 
-/* The same lock with --stall-timeout: the COPY start is given up after the
- * timeout, named, and pgfan exits 1 with nothing committed. */
+/*
+ * The same lock with --stall-timeout: the COPY start is given up, named,
+ * and pgfan exits 1 with nothing committed.  Loop 0: the start's own limit
+ * and the server's lock_timeout (both 1 s from --stall-timeout) race, and
+ * either one names the lock.  Loop 1: target 2's session has lock_timeout
+ * 200 ms of its own and --stall-timeout is 5 s, so the shorter setting is
+ * kept: the server gives up first (55P03), still exit 1.
+ */
 START_TEST(a_locked_copy_start_fails_at_the_stall_timeout)
 {
-    char table[64];
+    int own = _i == 1;
+    char table[64], target2[1300];
     new_tables(table, 1000);
+    snprintf(target2, sizeof target2, "%s%s", conninfo[2],
+             own ? " options='-c lock_timeout=200'" : "");
     PGconn *holder = db(2);
     pgt_exec(holder, "BEGIN");
     pgt_exec(holder, "LOCK TABLE %s IN SHARE MODE", table);
-    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2],
-                        "--table", table, "--stall-timeout", "1", "--no-progress", NULL);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", target2, "--table",
+                        table, "--stall-timeout", own ? "5" : "1", "--no-progress", NULL);
     pgt_assert_no_copy_running(holder);
     pgt_exec(holder, "ROLLBACK");
     ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
-    ck_assert_msg(strstr(r.err, "target 2") && strstr(r.err, "locked by another session"),
+    ck_assert_msg(strstr(r.err, "target 2") &&
+                      ((!own && strstr(r.err, "locked by another session")) ||
+                       strstr(r.err, "(SQLSTATE 55P03)")),
                   "%s", r.err);
     assert_all_targets_empty(table);
     cli_free(&r);
@@ -1586,6 +1597,43 @@ START_TEST(a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout)
 }
 END_TEST
 
+/* --truncate with --stall-timeout 1 while another session holds target 2's
+ * table (ACCESS SHARE, until the command is over): the server gives up the
+ * TRUNCATE's lock wait (55P03) and pgfan exits 1 with every target as it
+ * was (each kept its 3 rows). */
+START_TEST(a_locked_truncate_fails_at_the_stall_timeout)
+{
+    char table[64];
+    new_tables(table, 1000);
+    for (int i = 1; i <= NT; i++) {
+        PGconn *t = db(i);
+        pgt_exec(t, "INSERT INTO %s (id) VALUES (1), (2), (3)", table);
+        PQfinish(t);
+    }
+    PGconn *holder = db(2);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "LOCK TABLE %s IN ACCESS SHARE MODE", table);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                        conninfo[3], "--table", table, "--truncate", "--stall-timeout",
+                        "1", "--no-progress", NULL);
+    ck_assert_int_eq(PQtransactionStatus(holder), PQTRANS_INTRANS); /* still locked */
+    pgt_exec(holder, "ROLLBACK");
+    ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "(SQLSTATE 55P03)"), "%s",
+                  r.err);
+    for (int i = 1; i <= NT; i++) {
+        PGconn *t = db(i);
+        char *n = pgt_value(t, "SELECT count(*) FROM %s", table);
+        ck_assert_msg(strcmp(n, "3") == 0, "target %d holds %s rows", i, n);
+        free(n);
+        PQfinish(t);
+    }
+    cli_free(&r);
+    PQfinish(holder);
+    drop_tables(table);
+}
+END_TEST
+
 static Suite *cli_suite(void)
 {
     Suite *s = suite_create("cli");
@@ -1616,7 +1664,8 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, a_lock_blocked_target_is_dropped_and_the_rest_commit);
     tcase_add_test(tc, a_signal_interrupts_a_locked_copy_start);
     tcase_add_test(tc, a_signal_interrupts_the_wait_for_a_copys_end);
-    tcase_add_test(tc, a_locked_copy_start_fails_at_the_stall_timeout);
+    tcase_add_loop_test(tc, a_locked_copy_start_fails_at_the_stall_timeout, 0, 2);
+    tcase_add_test(tc, a_locked_truncate_fails_at_the_stall_timeout);
     tcase_add_loop_test(tc, a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout, 0, 2);
     suite_add_tcase(s, tc);
     TCase *spill = tcase_create("spill");

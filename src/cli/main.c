@@ -90,8 +90,18 @@ static int bound_lock_waits(run *r, size_t i, cli_fail *f)
     return exec_ok(r, &r->targets[i], sql, (int)i, f);
 }
 
+/* The server gave up a lock wait (lock_timeout) or broke a deadlock: the
+ * copy failed on a lock held elsewhere, not on what was asked. */
+static int lock_gave_up(const char *sqlstate)
+{
+    return strcmp(sqlstate, "55P03") == 0 || strcmp(sqlstate, "40P01") == 0;
+}
+
+#define BEGIN_LOCKED (-2)
+
 /* Target i's transaction: BEGIN, its lock bound with --stall-timeout, and
- * its TRUNCATE with --truncate.  Returns 0, or -1 after saying why. */
+ * its TRUNCATE with --truncate.  Returns 0, or after saying why
+ * BEGIN_LOCKED (a lock held elsewhere) or -1. */
 static int begin_one(run *r, size_t i)
 {
     cli_fail f;
@@ -104,16 +114,18 @@ static int begin_one(run *r, size_t i)
         (r->plan.truncate_sql[i] &&
          exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0)) {
         print_fail(r, &f);
-        return -1;
+        return lock_gave_up(f.sqlstate) ? BEGIN_LOCKED : -1;
     }
     return 0;
 }
 
 static int begin_all(run *r)
 {
-    for (size_t i = 0; i < r->opt.ntargets; i++)
-        if (begin_one(r, i) != 0)
-            return -1;
+    for (size_t i = 0; i < r->opt.ntargets; i++) {
+        int rc = begin_one(r, i);
+        if (rc != 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -177,10 +189,16 @@ static pgfan_manager *build_manager(run *r)
     return m;
 }
 
-/* A COPY that did not start because of the server, not the request. */
-static int start_failed_by_server(int rc)
+/* A COPY that did not start because of the server, not the request: no
+ * answer in time, a lost connection, an interrupt, or a lock wait the
+ * server gave up (lock_timeout, which --stall-timeout sets, races the
+ * start's own limit: either way the table was locked). */
+static int start_failed_by_server(pgfan_manager *m, int rc)
 {
-    return rc == PGFAN_ESTALL || rc == PGFAN_ECONN || rc == PGFAN_EABORTED;
+    pgfan_fault fault;
+    if (rc == PGFAN_ESTALL || rc == PGFAN_ECONN || rc == PGFAN_EABORTED)
+        return 1;
+    return pgfan_manager_fault(m, 0, &fault) == PGFAN_OK && lock_gave_up(fault.sqlstate);
 }
 
 static void print_first_fault(run *r, pgfan_manager *m)
@@ -527,8 +545,13 @@ int main(int argc, char **argv)
     new_run_id(&r);
     if (r.opt.set_mode)
         return run_set(&r);
-    if (connect_all(&r) != 0 || preflight(&r) != 0 || begin_all(&r) != 0)
+    if (connect_all(&r) != 0 || preflight(&r) != 0)
         return finish_run(&r, interrupted ? EXIT_INTERRUPTED : EXIT_USAGE);
+    int begun = begin_all(&r);
+    if (begun != 0)
+        return finish_run(&r, interrupted             ? EXIT_INTERRUPTED
+                              : begun == BEGIN_LOCKED ? EXIT_FAILED
+                                                      : EXIT_USAGE);
     if (interrupted)
         return finish_run(&r, EXIT_INTERRUPTED);
     pgfan_manager *m = build_manager(&r);
@@ -540,10 +563,11 @@ int main(int argc, char **argv)
          * are usage errors; a server that would not start is a failure. */
         if (!interrupted)
             print_first_fault(&r, m);
+        int code = interrupted                     ? EXIT_INTERRUPTED
+                   : start_failed_by_server(m, rc) ? EXIT_FAILED
+                                                   : EXIT_USAGE;
         pgfan_manager_free(m);
-        return finish_run(&r, interrupted                  ? EXIT_INTERRUPTED
-                              : start_failed_by_server(rc) ? EXIT_FAILED
-                                                           : EXIT_USAGE);
+        return finish_run(&r, code);
     }
     transfer(&r, m); /* its verdict is in each receiver's may_commit */
     collect(&r, m);
