@@ -537,10 +537,17 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
         expire_holds(m);
         detect_stalls(m);
         evaluate(m);
-        /* END comes after every RECEIVER_DONE. */
+        /* END comes after every RECEIVER_DONE, and after every fault posted
+         * before the last receiver exited (it may post one between the
+         * take_fault above and all_exited). */
         if (!early_pending &&
             (all_exited(m) || (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
                                everyone_has_everything(m, 1)))) {
+            if (take_fault(m, &ev->fault)) {
+                apply_policy(m, &ev->fault);
+                ev->type = PGFAN_EVENT_FAULT;
+                return PGFAN_OK;
+            }
             ev->type = PGFAN_EVENT_END;
             m->end_reported = 1;
             return PGFAN_OK;

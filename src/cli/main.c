@@ -324,6 +324,7 @@ static int transfer(run *r, pgfan_manager *m)
     pgfan_event ev;
     cli_fail f;
     reconnecting lost[MAX_TARGETS] = {0};
+    size_t said = 0; /* faults delivered as events, in the library's order */
     if (!show)
         view.tty = 0;
     do {
@@ -337,6 +338,7 @@ static int transfer(run *r, pgfan_manager *m)
             break;
         if (ev.type == PGFAN_EVENT_FAULT) {
             progress_clear(&view);
+            said++;
             on_fault(r, m, &ev.fault, lost);
         } else if (ev.type == PGFAN_EVENT_RECEIVER_DONE) {
             commit_if_done(r, m, ev.receiver);
@@ -349,11 +351,11 @@ static int transfer(run *r, pgfan_manager *m)
     } while (ev.type != PGFAN_EVENT_END);
     progress_clear(&view);
     abandon_retries(r, lost); /* none is left unless the copy failed anyway */
-    size_t seen = pgfan_manager_fault_count(m);
     int rc = pgfan_manager_finish(m);
     /* Faults of the end itself (CopyDone answered with an error, a row
-     * count that differs) come after END. */
-    for (size_t k = seen; k < pgfan_manager_fault_count(m); k++) {
+     * count that differs) come after END, and so may one a receiver posted
+     * as END was reported. */
+    for (size_t k = said; k < pgfan_manager_fault_count(m); k++) {
         pgfan_fault fault;
         if (pgfan_manager_fault(m, k, &fault) == PGFAN_OK) {
             fail_from_fault(&f, &fault);
