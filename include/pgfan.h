@@ -220,6 +220,18 @@ typedef struct pgfan_options {
                                                then keeps the whole stream (a
                                                write of every byte to disk).
                                                Default 0 */
+    unsigned int end_timeout_ms;            /* how long a statement receiver's
+                                               server may take to answer the
+                                               end of its COPY (end-of-statement
+                                               triggers, foreign key checks, a
+                                               server that stopped answering)
+                                               before the statement is
+                                               cancelled and the receiver
+                                               faults with PGFAN_ESTALL; a
+                                               server that leaves the cancel
+                                               unanswered for realign_timeout_ms
+                                               too is given up.  0 = no limit
+                                               (default) */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */

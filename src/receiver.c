@@ -227,8 +227,7 @@ static void let_go(pgfan_receiver *r)
     r->conn = NULL;
     r->in_copy = 0;
     r->slot_sent = 0;
-    r->has_deadline = 0;
-    r->cancel_pending = 0;
+    fan_receiver_clear_deadlines(r);
     r->journaling = 0;
     if (fan_ring_is_gating(ring, r->index))
         fan_ring_leave(ring, r->index);

@@ -95,8 +95,10 @@ struct pgfan_receiver {
     int has_deadline;
     struct timespec cancel_at; /* CopyFail unanswered by then: cancel too */
     int cancel_pending;
-    int given_up; /* a CopyFail went unanswered: the connection stays
-                     non-blocking, so closing it cannot wait on the server */
+    int end_bounded;   /* the wait for CopyDone's answer has end_timeout_ms */
+    int end_cancelled; /* ... and its cancel went out */
+    int given_up;      /* a CopyFail went unanswered: the connection stays
+                          non-blocking, so closing it cannot wait on the server */
     /* reading the spill journal (journal.h), this thread only */
     int journaling;
     uint64_t jseq;    /* the next sequence to hand over */
@@ -165,6 +167,16 @@ static inline int fan_state_is_final(int state)
 /* ---- for the kinds (the receiver's thread) ---- */
 
 /* Reports a fault; the receiver then waits in `state` for the manager. */
+/* The bounds of one COPY end (CopyFail's, or CopyDone's end timeout) are
+ * over. */
+static inline void fan_receiver_clear_deadlines(pgfan_receiver *r)
+{
+    r->has_deadline = 0;
+    r->cancel_pending = 0;
+    r->end_bounded = 0;
+    r->end_cancelled = 0;
+}
+
 void fan_receiver_raise_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state);
 void fan_receiver_raise(pgfan_receiver *r, pgfan_fault *f);
 /* The ring and this receiver's waiter. */

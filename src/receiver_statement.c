@@ -161,6 +161,12 @@ static void cancel_if_due(pgfan_receiver *r, int *timeout_ms)
         return;
     }
     r->cancel_pending = 0;
+    if (r->end_bounded) {
+        /* CopyDone's answer is overdue: the cancel now gets its own bound. */
+        r->end_cancelled = 1;
+        fan_deadline(&r->deadline, r->shared->opts.realign_timeout_ms);
+        r->has_deadline = 1;
+    }
     fan_send_cancel(r->conn);
 }
 
@@ -186,11 +192,21 @@ static int past_deadline(pgfan_receiver *r)
 
 static void timeout_fault(pgfan_receiver *r, pgfan_fault *f)
 {
+    const pgfan_options *o = &r->shared->opts;
     r->given_up = 1;
+    if (r->end_cancelled) {
+        fan_fault_set(
+            f, (int)r->index, r->label, PGFAN_ESTALL,
+            "the COPY did not end within %u ms (the end timeout) and its cancel "
+            "went unanswered for %u ms; the connection is still in COPY mode "
+            "and should be closed",
+            o->end_timeout_ms, o->realign_timeout_ms);
+        return;
+    }
     fan_fault_set(f, (int)r->index, r->label, PGFAN_ECONN,
                   "the server did not answer within %u ms; the connection is still in "
                   "COPY mode and should be closed",
-                  r->shared->opts.realign_timeout_ms);
+                  o->realign_timeout_ms);
 }
 
 static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int *got_ok);
@@ -208,8 +224,7 @@ static void collect_server_error(pgfan_receiver *r)
     fan_fault_set(&f, (int)r->index, r->label, PGFAN_ESERVER,
                   "the server ended the COPY without an error message");
     end_copy(r, "pgfan: the server ended the COPY", &f, &ok);
-    r->has_deadline = 0; /* the deadline was for this CopyFail only */
-    r->cancel_pending = 0;
+    fan_receiver_clear_deadlines(r); /* they were for this CopyFail only */
     fan_receiver_raise(r, &f);
 }
 
@@ -502,6 +517,17 @@ static void cancel_if_aborted(pgfan_receiver *r)
     fan_send_cancel(r->conn);
 }
 
+/* A COPY the end timeout cancelled fails with 57014: say why. */
+static void name_end_timeout(const pgfan_receiver *r, pgfan_fault *f)
+{
+    if (!r->end_cancelled || strcmp(f->sqlstate, "57014") != 0)
+        return;
+    f->code = PGFAN_ESTALL;
+    snprintf(f->message, sizeof f->message,
+             "the COPY did not end within %u ms (the end timeout) and was cancelled",
+             r->shared->opts.end_timeout_ms);
+}
+
 /* Waits for the server's answer to CopyDone/CopyFail, never past the
  * deadline.  Keeps the first error in `f`. */
 static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
@@ -533,6 +559,7 @@ static int collect_results(pgfan_receiver *r, pgfan_fault *f, int *got_ok)
         } else if (!failed) {
             failed = 1;
             fan_fault_from_result(f, (int)r->index, r->label, res);
+            name_end_timeout(r, f);
         }
         PQclear(res);
     }
@@ -559,6 +586,10 @@ static int end_copy(pgfan_receiver *r, const char *errormsg, pgfan_fault *f, int
         fan_deadline(&r->cancel_at,
                      realign / 4 < CANCEL_AFTER_MS ? realign / 4 : CANCEL_AFTER_MS);
         r->cancel_pending = 1;
+    } else if (r->shared->opts.end_timeout_ms) {
+        fan_deadline(&r->cancel_at, r->shared->opts.end_timeout_ms);
+        r->cancel_pending = 1;
+        r->end_bounded = 1;
     }
     if (r->wire.on && wire_end(r, f) != 0)
         return -1;
@@ -581,7 +612,9 @@ static int statement_complete(pgfan_receiver *r, pgfan_fault *f)
     int ok = 0;
     fan_fault_set(f, (int)r->index, r->label, PGFAN_ESERVER,
                   "the server did not confirm the COPY");
-    return end_copy(r, NULL, f, &ok) == 0 && ok ? 0 : -1;
+    int rc = end_copy(r, NULL, f, &ok) == 0 && ok ? 0 : -1;
+    fan_receiver_clear_deadlines(r);
+    return rc;
 }
 
 /* CopyFail, bounded by realign_timeout_ms; a server that does not answer
@@ -594,8 +627,7 @@ static void statement_fail(pgfan_receiver *r, const char *reason)
         return;
     if (end_copy(r, reason, &f, &ok) != 0 && past_deadline(r))
         fan_shared_post_fault(r->shared, &f);
-    r->has_deadline = 0;
-    r->cancel_pending = 0;
+    fan_receiver_clear_deadlines(r);
 }
 
 /* While paused, faulted or waiting for the verdict: keep sending what libpq

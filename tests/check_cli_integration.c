@@ -736,6 +736,63 @@ START_TEST(an_unanswered_rollback_is_given_up)
 }
 END_TEST
 
+/* A target whose server stops answering once it has all its data (its
+ * backend stopped with SIGSTOP while it waits for the source's last row)
+ * would hold the run forever: nothing is left to move, so no stall shows.
+ * --end-timeout 1 cancels its COPY; the stopped backend leaves the cancel
+ * unanswered too, so after the realignment bound its connection is given
+ * up and closed, which rolls it back.  Under drop the others commit and
+ * pgfan exits 3 while that backend is still stopped. */
+START_TEST(a_target_stopped_with_all_its_data_ends_at_the_end_timeout)
+{
+    char table[64];
+    new_tables(table, 2000);
+    PGconn *admin = db(0), *gate = db(0);
+    pgt_exec(gate, "SELECT pg_advisory_lock(816)");
+    char query[256];
+    snprintf(query, sizeof query,
+             "SELECT t.* FROM %s t WHERE t.id <> 2000 OR "
+             "pg_advisory_lock_shared(816) IS NOT NULL /* end_gate */",
+             table);
+    char *argv[] = {"pgfan",     "-s",
+                    conninfo[0], "-t",
+                    conninfo[1], "-t",
+                    conninfo[2], "-t",
+                    conninfo[3], "--query",
+                    query,       "--into",
+                    table,       "--chunk-size",
+                    "16384",     "--on-fault",
+                    "drop",      "--end-timeout",
+                    "1",         "--no-progress",
+                    NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    ck_assert_int_ne(
+        wait_for_running(admin, PQdb(admin), "end_gate", "Lock:advisory", pid), 0);
+    int backend =
+        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
+    ck_assert_int_ne(backend, 0);
+    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
+    pgt_exec(gate, "SELECT pg_advisory_unlock(816)");
+    int exited = child_exited_within_2min(pid);
+    kill(backend, SIGCONT);
+    ck_assert_msg(exited, "pgfan waited for the stopped target");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "(the end timeout)") &&
+                      strstr(r.err, "went unanswered"),
+                  "%s", r.err);
+    char *want = source_checksum(table);
+    for (int i = 1; i <= 3; i++)
+        assert_target(i, table, i == 2 ? "0:0" : want);
+    free(want);
+    cli_free(&r);
+    PQfinish(gate);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
 /* Rows target `dbname`'s COPY has stored so far (pg_stat_progress_copy), or
  * -1 when no COPY runs there. */
 static long copy_progress(PGconn *admin, const char *dbname)
@@ -1550,13 +1607,19 @@ END_TEST
  * Target 2 waits on a row lock at its COPY's end (each target checks a
  * foreign key; a session holds a referenced row FOR UPDATE until the
  * command is over), where nothing the client sees tells the wait from
- * work.  --stall-timeout 1 bounds it as the transaction's lock_timeout:
- * target 2 fails with 55P03 while the lock is still held; under drop the
- * others commit (exit 3), under abort nothing does (exit 1).
+ * work.  Loops 0 and 1: --stall-timeout 1 bounds it as the transaction's
+ * lock_timeout, and target 2 fails with 55P03.  Loops 2 and 3: no stall
+ * timeout, --end-timeout 1 cancels the COPY (57014).  Either happens while
+ * the lock is still held; under drop (odd loops) the others commit (exit
+ * 3), under abort nothing does (exit 1).
  */
-START_TEST(a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout)
+START_TEST(a_wait_at_a_copys_end_ends_at_its_bound)
 {
-    int drop = _i == 1;
+    int drop = _i % 2 == 1, end_timeout = _i >= 2;
+    const char *sqlstate = end_timeout ? "57014" : "55P03";
+    char said[64], reported[64];
+    snprintf(said, sizeof said, "(SQLSTATE %s)", sqlstate);
+    snprintf(reported, sizeof reported, "\"sqlstate\": \"%s\"", sqlstate);
     char table[64];
     new_tables(table, 1000);
     for (int i = 1; i <= NT; i++) {
@@ -1572,15 +1635,18 @@ START_TEST(a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout)
     cli_run r =
         run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
                 conninfo[3], "--table", table, "--on-fault", drop ? "drop" : "abort",
-                "--stall-timeout", "1", "--report", "-", "--no-progress", NULL);
+                end_timeout ? "--end-timeout" : "--stall-timeout", "1", "--report", "-",
+                "--no-progress", NULL);
     ck_assert_int_eq(PQtransactionStatus(holder), PQTRANS_INTRANS); /* still locked */
     pgt_assert_no_copy_running(holder);
     pgt_exec(holder, "ROLLBACK");
     ck_assert_msg(r.code == (drop ? 3 : 1), "exit %d: %s", r.code, r.err);
-    ck_assert_msg(strstr(r.err, "target 2 (") && strstr(r.err, "lock timeout") &&
-                      strstr(r.err, "(SQLSTATE 55P03)"),
+    ck_assert_msg(strstr(r.err, "target 2 (") &&
+                      strstr(r.err, end_timeout ? "within 1000 ms (the end timeout)"
+                                                : "lock timeout") &&
+                      strstr(r.err, said),
                   "%s", r.err);
-    ck_assert_msg(strstr(r.out, "\"sqlstate\": \"55P03\""), "%s", r.out);
+    ck_assert_msg(strstr(r.out, reported), "%s", r.out);
     char *want = source_checksum(table);
     assert_target(1, table, drop ? want : "0:0");
     assert_target(2, table, "0:0");
@@ -1654,6 +1720,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, query_into_a_named_table);
     tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
     tcase_add_test(tc, an_unanswered_rollback_is_given_up);
+    tcase_add_test(tc, a_target_stopped_with_all_its_data_ends_at_the_end_timeout);
     tcase_add_test(tc, rows_bigger_than_a_slot_arrive_whole);
     tcase_add_test(tc, report_failures_never_misstate_the_outcome);
     tcase_add_test(tc, source_failure_is_named_in_the_report);
@@ -1666,7 +1733,7 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, a_signal_interrupts_the_wait_for_a_copys_end);
     tcase_add_loop_test(tc, a_locked_copy_start_fails_at_the_stall_timeout, 0, 2);
     tcase_add_test(tc, a_locked_truncate_fails_at_the_stall_timeout);
-    tcase_add_loop_test(tc, a_lock_wait_at_a_copys_end_ends_at_the_stall_timeout, 0, 2);
+    tcase_add_loop_test(tc, a_wait_at_a_copys_end_ends_at_its_bound, 0, 4);
     suite_add_tcase(s, tc);
     TCase *spill = tcase_create("spill");
     tcase_set_timeout(spill, 600);

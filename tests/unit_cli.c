@@ -85,7 +85,8 @@ START_TEST(parses_a_full_command_line)
                     "16",         "--chunk-size",
                     "65536",      "--no-progress",
                     "--report",   "-",
-                    "-q"};
+                    "-q",         "--end-timeout",
+                    "0.25"};
     cli_options o;
     char err[256];
     ck_assert_int_eq(parse(&o, err, sizeof argv / sizeof *argv, argv), 0);
@@ -98,6 +99,7 @@ START_TEST(parses_a_full_command_line)
     ck_assert_int_eq(o.on_fault, PGFAN_POLICY_DROP);
     ck_assert(o.atomic && o.truncate && o.quiet);
     ck_assert_uint_eq(o.stall_timeout_ms, 1500);
+    ck_assert_uint_eq(o.end_timeout_ms, 250);
     ck_assert_uint_eq(o.ring_slots, 16);
     ck_assert_uint_eq(o.chunk_size, 65536);
     ck_assert_int_eq(o.progress, 0);
@@ -168,6 +170,10 @@ START_TEST(refuses_bad_command_lines)
     char *stall[] = {"pgfan",           "-s", "S", "-t", "T", "--table", "t",
                      "--stall-timeout", "-1"};
     ck_assert_int_eq(parse(&o, err, 9, stall), -1);
+    char *end[] = {"pgfan",         "-s",  "S", "-t", "T", "--table", "t",
+                   "--end-timeout", "soon"};
+    ck_assert_int_eq(parse(&o, err, 9, end), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--end-timeout takes seconds"));
     char *both[] = {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--query", "q"};
     ck_assert_int_eq(parse(&o, err, 9, both), -1);
     ck_assert_ptr_nonnull(strstr(err, "only one of"));

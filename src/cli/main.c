@@ -142,6 +142,7 @@ static pgfan_manager *build_manager(run *r)
         o.fault_hold_ms = RETRY_HOLD_MS; /* on_fault() settles every fault at once */
     o.stall_timeout_ms = r->opt.stall_timeout_ms;
     o.start_timeout_ms = r->opt.stall_timeout_ms; /* a target locked out of its COPY */
+    o.end_timeout_ms = r->opt.end_timeout_ms;
     o.spill_limit = r->opt.spill_limit;
     o.spill_dir = r->opt.spill_dir;
     /* Under drop each target stands alone: it commits once it has it all. */

@@ -62,6 +62,10 @@ const char cli_usage[] =
     "source's)\n"
     "      --stall-timeout SECONDS a target holding everyone back this long is faulted\n"
     "                              (default: wait)\n"
+    "      --end-timeout SECONDS   a target that takes longer to end its COPY once it\n"
+    "                              has all the data (triggers, foreign key checks, a\n"
+    "                              server that stopped answering) is cancelled and\n"
+    "                              faulted (default: wait)\n"
     "      --spill-limit SIZE      disk a target that falls behind may use to read on\n"
     "                              from a journal while the others go on (default 1GB;\n"
     "                              0: the slowest target sets the pace)\n"
@@ -96,6 +100,7 @@ enum {
     OPT_ATOMIC,
     OPT_TRUNCATE,
     OPT_STALL,
+    OPT_END_TIMEOUT,
     OPT_SPILL_LIMIT,
     OPT_SPILL_DIR,
     OPT_MAX_RATE,
@@ -133,6 +138,7 @@ static const struct option long_options[] = {
     {"atomic", no_argument, NULL, OPT_ATOMIC},
     {"truncate", no_argument, NULL, OPT_TRUNCATE},
     {"stall-timeout", required_argument, NULL, OPT_STALL},
+    {"end-timeout", required_argument, NULL, OPT_END_TIMEOUT},
     {"spill-limit", required_argument, NULL, OPT_SPILL_LIMIT},
     {"spill-dir", required_argument, NULL, OPT_SPILL_DIR},
     {"max-rate", required_argument, NULL, OPT_MAX_RATE},
@@ -392,6 +398,10 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
     case OPT_STALL:
         if (parse_seconds(arg, &o->stall_timeout_ms) != 0)
             FAIL("--stall-timeout takes seconds, not \"%s\"", arg);
+        return 0;
+    case OPT_END_TIMEOUT:
+        if (parse_seconds(arg, &o->end_timeout_ms) != 0)
+            FAIL("--end-timeout takes seconds, not \"%s\"", arg);
         return 0;
     case OPT_SPILL_LIMIT:
         if (parse_size(arg, &o->spill_limit) != 0)

@@ -36,6 +36,7 @@ typedef struct cli_options {
     int atomic, truncate;
     int no_sequences; /* leave the targets' sequences as they are */
     unsigned int stall_timeout_ms;
+    unsigned int end_timeout_ms;       /* --end-timeout; 0: none */
     uint64_t spill_limit;              /* bytes; 0: no spill journal */
     const char *spill_dir;             /* NULL: $TMPDIR or /tmp */
     uint64_t max_rate;                 /* bytes/s for every target; 0: no limit */

@@ -157,6 +157,18 @@ int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
     return res ? 0 : -1;
 }
 
+int exec_before_end(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
+{
+    unsigned int limit = r->opt.end_timeout_ms;
+    PGresult *res = query_within(r, c, sql, 0, NULL, who, f, (int)limit);
+    PQclear(res);
+    if (!res && limit && !cli_interrupted && strcmp(f->sqlstate, "57014") == 0)
+        fail_set(f, who, "57014",
+                 "%.200s did not end within %u ms (--end-timeout) and was cancelled", sql,
+                 limit);
+    return res ? 0 : -1;
+}
+
 /*
  * As pg_dump does: every session renders and reads values alike, in the
  * source database's encoding, so no setting of a server, database or role

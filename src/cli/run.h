@@ -59,6 +59,9 @@ void note_error(target_report *t, const cli_fail *f);
  * neither the statement nor its cancel is closed (*c becomes NULL). */
 int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 /* The same with $n parameters, returning the result (NULL on failure). */
+/* exec_ok() for the work that ends a target's copy (deferred constraint
+ * checks), cancelled past --end-timeout. */
+int exec_before_end(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
                    const char *const *params, int who, cli_fail *f);
 void give_up(run *r, PGconn **c);

@@ -99,7 +99,7 @@ static const char *format_arg(format_choice f)
 
 /* The numbers a command line spells out; they live as long as it. */
 typedef struct argv_numbers {
-    char stall[32], slots[32], chunk[32], spill[32];
+    char stall[32], end[32], slots[32], chunk[32], spill[32];
     char rate[MAX_TARGETS][48];
 } argv_numbers;
 
@@ -160,6 +160,9 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
     snprintf(num->chunk, sizeof num->chunk, "%zu", o->chunk_size);
     if (o->stall_timeout_ms)
         add(argv, &n, "--stall-timeout", num->stall);
+    snprintf(num->end, sizeof num->end, "%.3f", o->end_timeout_ms / 1000.0);
+    if (o->end_timeout_ms)
+        add(argv, &n, "--end-timeout", num->end);
     snprintf(num->spill, sizeof num->spill, "%llu", (unsigned long long)o->spill_limit);
     add(argv, &n, "--spill-limit", num->spill);
     if (o->spill_dir)
