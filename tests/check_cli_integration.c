@@ -1445,6 +1445,88 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
 }
 END_TEST
 
+/* --end-timeout bounds the statements that end a target's copy after its
+ * COPY: here every COMMIT on the target's database waits for a synchronous
+ * standby that does not exist.  Cancelled after 1 s, the COMMIT answers
+ * that it committed locally, which is what pgfan reports (exit 0, the rows
+ * there); without the bound it would wait for the standby forever. */
+START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *admin = db(0);
+    pgt_sync_database(admin, "cli_sync");
+    char sync[1200];
+    snprintf(sync, sizeof sync, "%s dbname=cli_sync", base);
+    PGconn *sc = PQconnectdb(sync);
+    ck_assert_int_eq(PQstatus(sc), CONNECTION_OK);
+    pgt_exec(sc, "SET synchronous_commit = local");
+    pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
+    pgt_mixed_table(sc, table, 0);
+    pgt_missing_standby(admin, 1);
+    char *argv[] = {
+        "pgfan",   "-s",  conninfo[0],     "-t", conninfo[1], "-t", sync,
+        "--table", table, "--end-timeout", "1",  "--report",  "-",  "--no-progress",
+        NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    int exited = child_exited_within_2min(pid);
+    int backend;
+    while ((backend = wait_for_backend(admin, "cli_sync", "IPC:SyncRep", pid)) != 0)
+        pgt_exec(admin, "SELECT pg_terminate_backend(%d)", backend); /* only if it hung */
+    pgt_missing_standby(admin, 0);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(exited, "the COMMIT waited for the standby: %s", r.err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "canceling wait for synchronous replication"), "%s",
+                  r.err); /* the COMMIT did wait, and the server says it committed */
+    ck_assert_ptr_null(strstr(r.out, "\"state\": \"unknown\""));
+    char *want = source_checksum(table);
+    char *got = pgt_checksum(sc, table);
+    ck_assert_str_eq(got, want);
+    free(got), free(want);
+    cli_free(&r);
+    pgt_exec(sc, "DROP TABLE %s", table);
+    PQfinish(sc);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
+/* The deferred checks before the commit are bounded too: target 1's
+ * deferred unique check waits on a row another session has not committed,
+ * and --end-timeout 1 cancels it while that session still holds it; under
+ * abort nothing commits (exit 1). */
+START_TEST(a_deferred_check_that_waits_ends_at_the_end_timeout)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *t = db(1), *blocker = db(1);
+    pgt_exec(
+        t,
+        "ALTER TABLE %s ADD CONSTRAINT %s_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
+        table, table);
+    PQfinish(t);
+    pgt_exec(blocker, "BEGIN");
+    pgt_exec(blocker, "INSERT INTO %s (id) VALUES (1)", table);
+    cli_run r = run_cli("-s", conninfo[0], "-t", conninfo[1], "-t", conninfo[2], "-t",
+                        conninfo[3], "--table", table, "--end-timeout", "1",
+                        "--no-progress", NULL);
+    ck_assert_int_eq(PQtransactionStatus(blocker), PQTRANS_INTRANS); /* still held */
+    pgt_exec(blocker, "ROLLBACK");
+    ck_assert_msg(r.code == 1, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.err, "target 1 (") &&
+                      strstr(r.err, "SET CONSTRAINTS ALL IMMEDIATE did not end within "
+                                    "1000 ms (--end-timeout)") &&
+                      strstr(r.err, "SQLSTATE 57014"),
+                  "%s", r.err);
+    assert_all_targets_empty(table);
+    cli_free(&r);
+    PQfinish(blocker);
+    drop_tables(table);
+}
+END_TEST
+
 /* How another session makes pgfan wait on target 2: statements that take
  * the lock (%s is the table, at most twice), the wait pgfan is then seen
  * in, and how the lock is let go and its objects dropped. */
@@ -1721,6 +1803,8 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
     tcase_add_test(tc, an_unanswered_rollback_is_given_up);
     tcase_add_test(tc, a_target_stopped_with_all_its_data_ends_at_the_end_timeout);
+    tcase_add_test(tc, a_commit_that_waits_ends_at_the_end_timeout);
+    tcase_add_test(tc, a_deferred_check_that_waits_ends_at_the_end_timeout);
     tcase_add_test(tc, rows_bigger_than_a_slot_arrive_whole);
     tcase_add_test(tc, report_failures_never_misstate_the_outcome);
     tcase_add_test(tc, source_failure_is_named_in_the_report);

@@ -157,7 +157,7 @@ int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
     return res ? 0 : -1;
 }
 
-int exec_before_end(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
+int exec_ending(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
 {
     unsigned int limit = r->opt.end_timeout_ms;
     PGresult *res = query_within(r, c, sql, 0, NULL, who, f, (int)limit);

@@ -59,11 +59,12 @@ void note_error(target_report *t, const cli_fail *f);
  * neither the statement nor its cancel is closed (*c becomes NULL). */
 int exec_ok(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 /* The same with $n parameters, returning the result (NULL on failure). */
-/* exec_ok() for the work that ends a target's copy (deferred constraint
- * checks), cancelled past --end-timeout. */
-int exec_before_end(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 PGresult *query_ok(run *r, PGconn **c, const char *sql, int nparams,
                    const char *const *params, int who, cli_fail *f);
+/* exec_ok() for the statements that end a target's copy (deferred
+ * constraint checks, COMMIT), cancelled past --end-timeout; a connection
+ * that does not answer the cancel is closed. */
+int exec_ending(run *r, PGconn **c, const char *sql, int who, cli_fail *f);
 void give_up(run *r, PGconn **c);
 /* Rolls back target i's open transaction, or every one (closing
  * connections still busy). */

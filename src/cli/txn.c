@@ -172,7 +172,7 @@ static int commit_one(run *r, size_t i)
 {
     cli_fail f;
     r->in_tx[i] = 0;
-    if (exec_ok(r, &r->targets[i], "COMMIT", (int)i, &f) == 0) {
+    if (exec_ending(r, &r->targets[i], "COMMIT", (int)i, &f) == 0) {
         r->report.targets[i].outcome = OUTCOME_COMMITTED;
         return 0;
     }
@@ -276,7 +276,7 @@ static int note_loaded(run *r, size_t i, cli_fail *f)
 static int before_commit_one(run *r, size_t i, int sequences)
 {
     cli_fail f;
-    if (exec_before_end(r, &r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) !=
+    if (exec_ending(r, &r->targets[i], "SET CONSTRAINTS ALL IMMEDIATE", (int)i, &f) !=
             0 ||
         (sequences && carry_sequences(r, i, &f) != 0) || note_loaded(r, i, &f) != 0) {
         print_fail(r, &f);
