@@ -170,6 +170,9 @@ START_TEST(refuses_bad_command_lines)
     char *stall[] = {"pgfan",           "-s", "S", "-t", "T", "--table", "t",
                      "--stall-timeout", "-1"};
     ck_assert_int_eq(parse(&o, err, 9, stall), -1);
+    char *fresh[] = {"pgfan", "-s", "S", "-t", "T", "--table", "t", "--load-fresh"};
+    ck_assert_int_eq(parse(&o, err, 8, fresh), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--load-fresh is for the tables of a set"));
     char *end[] = {"pgfan",         "-s",  "S", "-t", "T", "--table", "t",
                    "--end-timeout", "soon"};
     ck_assert_int_eq(parse(&o, err, 9, end), -1);

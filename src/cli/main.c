@@ -99,8 +99,47 @@ static int lock_gave_up(const char *sqlstate)
 
 #define BEGIN_LOCKED (-2)
 
+/*
+ * --load-fresh (a table of a set that --copy-schema created): when the
+ * target table is empty and no foreign key references it, it is truncated
+ * in the transaction, under the lock that keeps it empty, so the COPY may
+ * FREEZE its rows and nothing has to rewrite them later (hint bits, the
+ * first vacuum).  A table holding rows, or referenced, is loaded as it is,
+ * without FREEZE.  Returns 0, or -1 with `f`.
+ */
+static int load_fresh(run *r, size_t i, cli_fail *f)
+{
+    plan *p = &r->plan;
+    if (!p->copy_in_freeze[i] && !p->frozen[i])
+        return 0;
+    const char *table = p->target_table[i], *params[1] = {table};
+    char *lock = format_sql("LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE", table);
+    char *ask = format_sql("SELECT EXISTS (SELECT FROM ONLY %s) OR EXISTS (SELECT FROM "
+                           "pg_catalog.pg_constraint WHERE confrelid = "
+                           "$1::pg_catalog.regclass AND contype = 'f')",
+                           table);
+    char *empty = format_sql("TRUNCATE ONLY %s", table);
+    int rc = -1;
+    if (!lock || !ask || !empty)
+        fail_set(f, (int)i, NULL, "out of memory");
+    else if (exec_ok(r, &r->targets[i], lock, (int)i, f) == 0) {
+        PGresult *res = query_ok(r, &r->targets[i], ask, 1, params, (int)i, f);
+        int fresh = res && strcmp(PQgetvalue(res, 0, 0), "f") == 0;
+        rc = !res ? -1 : fresh ? exec_ok(r, &r->targets[i], empty, (int)i, f) : 0;
+        if (rc == 0 && fresh && !p->frozen[i]) {
+            char *plain = p->copy_in[i];
+            p->copy_in[i] = p->copy_in_freeze[i];
+            p->copy_in_freeze[i] = plain;
+            p->frozen[i] = 1;
+        }
+        PQclear(res);
+    }
+    free(lock), free(ask), free(empty);
+    return rc;
+}
+
 /* Target i's transaction: BEGIN, its lock bound with --stall-timeout, and
- * its TRUNCATE with --truncate.  Returns 0, or after saying why
+ * its TRUNCATE with --truncate (or --load-fresh).  Returns 0, or after saying why
  * BEGIN_LOCKED (a lock held elsewhere) or -1. */
 static int begin_one(run *r, size_t i)
 {
@@ -110,7 +149,7 @@ static int begin_one(run *r, size_t i)
         return -1;
     }
     r->in_tx[i] = 1;
-    if (bound_lock_waits(r, i, &f) != 0 ||
+    if (bound_lock_waits(r, i, &f) != 0 || load_fresh(r, i, &f) != 0 ||
         (r->plan.truncate_sql[i] &&
          exec_ok(r, &r->targets[i], r->plan.truncate_sql[i], (int)i, &f) != 0)) {
         print_fail(r, &f);

@@ -121,7 +121,8 @@ enum {
     OPT_VERIFY,
     OPT_COPY_SCHEMA,
     OPT_SET_ID,
-    OPT_STATUS_FILE
+    OPT_STATUS_FILE,
+    OPT_LOAD_FRESH
 };
 
 static const struct option long_options[] = {
@@ -160,6 +161,7 @@ static const struct option long_options[] = {
     {"copy-schema", no_argument, NULL, OPT_COPY_SCHEMA},
     {"set-id", required_argument, NULL, OPT_SET_ID},
     {"status-file", required_argument, NULL, OPT_STATUS_FILE},
+    {"load-fresh", no_argument, NULL, OPT_LOAD_FRESH},
     {"quiet", no_argument, NULL, 'q'},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
@@ -356,6 +358,9 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
     case OPT_STATUS_FILE:
         o->status_file = arg;
         return 0;
+    case OPT_LOAD_FRESH:
+        o->load_fresh = 1;
+        return 0;
     case OPT_QUERY:
         return set_source(o, SOURCE_QUERY, arg, err, errlen);
     case OPT_COPY_OUT:
@@ -471,6 +476,8 @@ static int check_set(cli_options *o, char *err, size_t errlen)
     if (!o->set_mode) {
         if (o->not_consistent)
             FAIL("--not-consistent goes with --resume");
+        if (o->load_fresh && (!o->set_id || o->kind != SOURCE_TABLE))
+            FAIL("--load-fresh is for the tables of a set");
         return 0;
     }
     if (o->kind == SOURCE_QUERY || o->kind == SOURCE_COPY || o->into || o->copy_in ||
@@ -484,8 +491,8 @@ static int check_set(cli_options *o, char *err, size_t errlen)
         FAIL("--all-tables selects every table: not with --table or --schema");
     if (o->not_consistent && !o->resume)
         FAIL("--not-consistent goes with --resume");
-    if (o->set_id || o->status_file)
-        FAIL("--set-id and --status-file are for one table");
+    if (o->set_id || o->status_file || o->load_fresh)
+        FAIL("--set-id, --status-file and --load-fresh are for one table");
     o->kind = SOURCE_TABLE;
     return 0;
 }

@@ -62,6 +62,7 @@ typedef struct cli_options {
     /* Given by a set's coordinator to the command it runs per table. */
     const char *set_id;      /* note the commit in pgfan.loaded under this id */
     const char *status_file; /* write each target's outcome there, tab-separated */
+    int load_fresh;          /* the table is the set's own (--copy-schema): FREEZE it */
 } cli_options;
 
 /*

@@ -522,7 +522,8 @@ static void plan_sequences(const cli_options *o, PGconn *source, PGconn *const t
 /* The statements for one target: COPY FROM, and TRUNCATE with --truncate.
  * A partitioned table is truncated whole (its partitions are what the copy
  * refills) and cannot be frozen; an inheritance parent is truncated ONLY,
- * as its own rows are all the copy refills. */
+ * as its own rows are all the copy refills.  With --load-fresh, COPY FROM
+ * with FREEZE too, for the transaction to choose (main.c). */
 static void target_statements(const cli_options *o, size_t i, char relkind,
                               const char *list, plan *p)
 {
@@ -537,6 +538,9 @@ static void target_statements(const cli_options *o, size_t i, char relkind,
     if (o->truncate)
         p->truncate_sql[i] = format_sql("TRUNCATE %s%s", relkind == 'p' ? "" : "ONLY ",
                                         p->target_table[i]);
+    else if (o->load_fresh && relkind == 'r')
+        p->copy_in_freeze[i] = format_sql("COPY %s %s FROM STDIN (FORMAT %s, FREEZE)",
+                                          p->target_table[i], list, fmt);
 }
 
 /* Which server and database a session is in: the postmaster's start time
@@ -657,6 +661,7 @@ void plan_free(plan *p)
         free(p->copy_in[i]);
         free(p->target_table[i]);
         free(p->truncate_sql[i]);
+        free(p->copy_in_freeze[i]);
     }
     for (size_t k = 0; k < p->nsequences; k++) {
         free(p->sequences[k].column);

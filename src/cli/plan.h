@@ -31,8 +31,12 @@ typedef struct sequence_pair {
 typedef struct plan {
     char *copy_out;
     char *copy_in[MAX_TARGETS];
-    char *target_table[MAX_TARGETS]; /* qualified, quoted; NULL with --copy-in */
-    char *truncate_sql[MAX_TARGETS]; /* with --truncate */
+    char *target_table[MAX_TARGETS];   /* qualified, quoted; NULL with --copy-in */
+    char *truncate_sql[MAX_TARGETS];   /* with --truncate */
+    char *copy_in_freeze[MAX_TARGETS]; /* --load-fresh: copy_in with FREEZE, for
+                                          a table found empty and unreferenced;
+                                          swapped with copy_in once it is */
+    unsigned char frozen[MAX_TARGETS]; /* copy_in is the FREEZE one */
     pgfan_format format;
     char format_reason[640]; /* why --format auto chose text; "" otherwise */
     char notes[640];         /* e.g. generated columns left to the targets */

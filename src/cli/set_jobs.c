@@ -152,6 +152,8 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
         add(argv, &n, "--atomic", NULL);
     if (o->truncate)
         add(argv, &n, "--truncate", NULL);
+    else if (o->copy_schema)
+        add(argv, &n, "--load-fresh", NULL); /* the table is ours: FREEZE it */
     if (o->no_sequences)
         add(argv, &n, "--no-sequences", NULL);
     snprintf(num->stall, sizeof num->stall, "%.3f", o->stall_timeout_ms / 1000.0);
