@@ -512,6 +512,16 @@ static void obey_interrupt(pgfan_manager *m)
     command_all_kept(m, FAN_CMD_ABORT);
 }
 
+/* A posted fault, if any, becomes the event, its policy applied. */
+static int next_fault(pgfan_manager *m, pgfan_event *ev)
+{
+    if (!take_fault(m, &ev->fault))
+        return 0;
+    apply_policy(m, &ev->fault);
+    ev->type = PGFAN_EVENT_FAULT;
+    return 1;
+}
+
 int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
 {
     if (!m || !ev)
@@ -526,11 +536,8 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
     for (;;) {
         if (interrupt && *interrupt)
             obey_interrupt(m);
-        if (take_fault(m, &ev->fault)) {
-            apply_policy(m, &ev->fault);
-            ev->type = PGFAN_EVENT_FAULT;
+        if (next_fault(m, ev))
             return PGFAN_OK;
-        }
         int early_pending;
         if (report_early(m, ev, &early_pending))
             return PGFAN_OK;
@@ -543,11 +550,8 @@ int pgfan_manager_next(pgfan_manager *m, pgfan_event *ev)
         if (!early_pending &&
             (all_exited(m) || (fan_shared_verdict(&m->shared) == FAN_VERDICT_NONE &&
                                everyone_has_everything(m, 1)))) {
-            if (take_fault(m, &ev->fault)) {
-                apply_policy(m, &ev->fault);
-                ev->type = PGFAN_EVENT_FAULT;
+            if (next_fault(m, ev))
                 return PGFAN_OK;
-            }
             ev->type = PGFAN_EVENT_END;
             m->end_reported = 1;
             return PGFAN_OK;
