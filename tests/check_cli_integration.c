@@ -607,6 +607,23 @@ static int child_exited_within_2min(pid_t child)
     return 0;
 }
 
+/* Once every COPY has started and waits (the targets for data, the source
+ * for the advisory lock `key` that `gate` holds, in the statement marked
+ * `marker`), stops target 2's backend (SIGSTOP) while it waits for data and
+ * opens the gate.  Returns that backend's pid, for SIGCONT. */
+static int stop_target_2_at_the_gate(PGconn *admin, PGconn *gate, const char *marker,
+                                     int key, pid_t pid)
+{
+    ck_assert_int_ne(wait_for_running(admin, PQdb(admin), marker, "Lock:advisory", pid),
+                     0);
+    int backend =
+        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
+    ck_assert_int_ne(backend, 0);
+    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
+    pgt_exec(gate, "SELECT pg_advisory_unlock(%d)", key);
+    return backend;
+}
+
 /* A target whose backend is stopped (SIGSTOP) no longer sets the pace: the
  * source is read to its end and the other targets get everything while it
  * is stopped, its share waiting in the spill journal; continued, it catches
@@ -647,15 +664,7 @@ START_TEST(a_stopped_target_reads_on_from_the_spill_journal)
     }
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     pid_t pid = spawn_cli(argv, out, err);
-    /* Every COPY has started and waits: the targets for data, the source
-     * for the gate.  Stop target 2 while it waits for data. */
-    ck_assert_int_ne(
-        wait_for_running(admin, PQdb(admin), "spill_gate", "Lock:advisory", pid), 0);
-    int backend =
-        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
-    ck_assert_int_ne(backend, 0);
-    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
-    pgt_exec(gate, "SELECT pg_advisory_unlock(815)");
+    int backend = stop_target_2_at_the_gate(admin, gate, "spill_gate", 815, pid);
     int ended = source_statement_ended(admin, "spill_gate");
     int exited = budget && child_exited_within_2min(pid);
     kill(backend, SIGCONT);
@@ -748,11 +757,11 @@ START_TEST(a_target_stopped_with_all_its_data_ends_at_the_end_timeout)
     char table[64];
     new_tables(table, 2000);
     PGconn *admin = db(0), *gate = db(0);
-    pgt_exec(gate, "SELECT pg_advisory_lock(816)");
+    pgt_exec(gate, "SELECT pg_advisory_lock(817)");
     char query[256];
     snprintf(query, sizeof query,
              "SELECT t.* FROM %s t WHERE t.id <> 2000 OR "
-             "pg_advisory_lock_shared(816) IS NOT NULL /* end_gate */",
+             "pg_advisory_lock_shared(817) IS NOT NULL /* end_gate */",
              table);
     char *argv[] = {"pgfan",     "-s",
                     conninfo[0], "-t",
@@ -767,13 +776,7 @@ START_TEST(a_target_stopped_with_all_its_data_ends_at_the_end_timeout)
                     NULL};
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     pid_t pid = spawn_cli(argv, out, err);
-    ck_assert_int_ne(
-        wait_for_running(admin, PQdb(admin), "end_gate", "Lock:advisory", pid), 0);
-    int backend =
-        wait_for_running(admin, "cli_target_2", "COPY", "Client:ClientRead", pid);
-    ck_assert_int_ne(backend, 0);
-    ck_assert_int_eq(kill(backend, SIGSTOP), 0);
-    pgt_exec(gate, "SELECT pg_advisory_unlock(816)");
+    int backend = stop_target_2_at_the_gate(admin, gate, "end_gate", 817, pid);
     int exited = child_exited_within_2min(pid);
     kill(backend, SIGCONT);
     ck_assert_msg(exited, "pgfan waited for the stopped target");
@@ -1383,6 +1386,24 @@ START_TEST(atomic_run_ids_are_unique_across_pid_namespaces)
 }
 END_TEST
 
+/* The database cli_sync as a target whose commits wait for a synchronous
+ * standby that does not exist (until pgt_missing_standby(admin, 0)), with
+ * an empty `table`; its conninfo in `sync`, and a session there that
+ * commits locally. */
+static PGconn *waiting_for_a_standby(PGconn *admin, const char *table, char *sync,
+                                     size_t len)
+{
+    pgt_sync_database(admin, "cli_sync");
+    snprintf(sync, len, "%s dbname=cli_sync", base);
+    PGconn *sc = PQconnectdb(sync);
+    ck_assert_int_eq(PQstatus(sc), CONNECTION_OK);
+    pgt_exec(sc, "SET synchronous_commit = local");
+    pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
+    pgt_mixed_table(sc, table, 0);
+    pgt_missing_standby(admin, 1);
+    return sc;
+}
+
 /*
  * A COMMIT (or PREPARE, or COMMIT PREPARED) whose connection is lost: the
  * server is asked what happened, never guessed.  The target's database
@@ -1395,15 +1416,8 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
     char table[64];
     new_tables(table, 1000);
     PGconn *admin = db(0);
-    pgt_sync_database(admin, "cli_sync");
     char sync[1200];
-    snprintf(sync, sizeof sync, "%s dbname=cli_sync", base);
-    PGconn *sc = PQconnectdb(sync);
-    ck_assert_int_eq(PQstatus(sc), CONNECTION_OK);
-    pgt_exec(sc, "SET synchronous_commit = local");
-    pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
-    pgt_mixed_table(sc, table, 0);
-    pgt_missing_standby(admin, 1);
+    PGconn *sc = waiting_for_a_standby(admin, table, sync, sizeof sync);
     char *argv[] = {"pgfan",
                     "-s",
                     conninfo[0],
@@ -1455,15 +1469,8 @@ START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
     char table[64];
     new_tables(table, 1000);
     PGconn *admin = db(0);
-    pgt_sync_database(admin, "cli_sync");
     char sync[1200];
-    snprintf(sync, sizeof sync, "%s dbname=cli_sync", base);
-    PGconn *sc = PQconnectdb(sync);
-    ck_assert_int_eq(PQstatus(sc), CONNECTION_OK);
-    pgt_exec(sc, "SET synchronous_commit = local");
-    pgt_exec(sc, "DROP TABLE IF EXISTS %s", table);
-    pgt_mixed_table(sc, table, 0);
-    pgt_missing_standby(admin, 1);
+    PGconn *sc = waiting_for_a_standby(admin, table, sync, sizeof sync);
     char *argv[] = {
         "pgfan",   "-s",  conninfo[0],     "-t", conninfo[1], "-t", sync,
         "--table", table, "--end-timeout", "1",  "--report",  "-",  "--no-progress",

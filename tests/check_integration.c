@@ -815,20 +815,27 @@ START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
 }
 END_TEST
 
-/* pgfan_transfer with stall_timeout_ms bounds the lock waits of the
- * transactions it opens: target 2's COPY end waits on an advisory lock held
- * here, and the server cancels it after 1 s with 55P03 while the lock is
- * still held; under drop target 1 commits.  Both connections come back
- * idle with lock_timeout as it was. */
-START_TEST(stall_timeout_bounds_a_lock_wait_at_a_copys_end)
+/* pgfan_transfer bounds the wait for a COPY's end: target 2's COPY end
+ * waits on an advisory lock held here.  Loop 0: stall_timeout_ms is the
+ * lock_timeout of the transactions it opens, and the server cancels the
+ * wait after 1 s with 55P03.  Loop 1: no lock_timeout, end_timeout_ms
+ * cancels the COPY after 1 s (57014, PGFAN_ESTALL).  Either happens while
+ * the lock is still held; under drop target 1 commits.  Both connections
+ * come back idle with lock_timeout as it was. */
+START_TEST(a_bound_ends_the_wait_for_a_copys_end)
 {
+    const int end_timeout = _i == 1;
     PGconn *admin = pgt_connect();
     gated_end g;
-    gated_end_create(admin, &g, 4245);
+    gated_end_create(admin, &g, 4245 + _i);
     pgfan_options o;
     pgfan_options_init(&o);
+    ck_assert_uint_eq(o.end_timeout_ms, 0);
     o.policy = PGFAN_POLICY_DROP;
-    o.stall_timeout_ms = 1000;
+    if (end_timeout)
+        o.end_timeout_ms = 1000;
+    else
+        o.stall_timeout_ms = 1000;
     char out_sql[128];
     snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", g.src);
     PGconn *source = pgt_connect();
@@ -840,7 +847,12 @@ START_TEST(stall_timeout_bounds_a_lock_wait_at_a_copys_end)
     ck_assert_uint_eq(res.committed, 1);
     ck_assert(per[0].may_commit && !per[0].has_fault);
     ck_assert(per[1].has_fault);
-    ck_assert_str_eq(per[1].fault.sqlstate, "55P03");
+    ck_assert_str_eq(per[1].fault.sqlstate, end_timeout ? "57014" : "55P03");
+    if (end_timeout) {
+        ck_assert_int_eq(per[1].fault.code, PGFAN_ESTALL);
+        ck_assert_msg(strstr(per[1].fault.message, "within 1000 ms (the end timeout)"),
+                      "%s", per[1].fault.message);
+    }
     char *want = pgt_checksum(admin, g.src);
     char *got = pgt_checksum(admin, g.dst[0]);
     ck_assert_str_eq(got, want);
@@ -851,47 +863,6 @@ START_TEST(stall_timeout_bounds_a_lock_wait_at_a_copys_end)
         ck_assert_str_eq(timeout, "0");
         free(timeout);
     }
-    PQfinish(source);
-    gated_end_drop(admin, &g);
-    PQfinish(admin);
-}
-END_TEST
-
-/* end_timeout_ms bounds the wait for a COPY's end whatever holds it (here
- * a statement trigger on target 2 waiting on an advisory lock held here,
- * with no lock_timeout): the statement is cancelled after 1 s while the
- * lock is still held, target 2 faults with PGFAN_ESTALL and 57014, and
- * under drop target 1 commits. */
-START_TEST(end_timeout_cancels_a_copy_whose_end_does_not_come)
-{
-    PGconn *admin = pgt_connect();
-    gated_end g;
-    gated_end_create(admin, &g, 4246);
-    pgfan_options o;
-    pgfan_options_init(&o);
-    ck_assert_uint_eq(o.end_timeout_ms, 0);
-    o.policy = PGFAN_POLICY_DROP;
-    o.end_timeout_ms = 1000;
-    char out_sql[128];
-    snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", g.src);
-    PGconn *source = pgt_connect();
-    pgfan_transfer_result res;
-    pgfan_receiver_result per[2];
-    int rc = pgfan_transfer(source, out_sql, 2, g.targets, g.in_ptr, &o, &res, per);
-    gated_end_released(admin, &g);
-    ck_assert_status(rc, PGFAN_EPARTIAL);
-    ck_assert_uint_eq(res.committed, 1);
-    ck_assert(per[0].may_commit && !per[0].has_fault);
-    ck_assert(per[1].has_fault);
-    ck_assert_int_eq(per[1].fault.code, PGFAN_ESTALL);
-    ck_assert_str_eq(per[1].fault.sqlstate, "57014");
-    ck_assert_msg(strstr(per[1].fault.message, "within 1000 ms (the end timeout)"), "%s",
-                  per[1].fault.message);
-    char *want = pgt_checksum(admin, g.src);
-    char *got = pgt_checksum(admin, g.dst[0]);
-    ck_assert_str_eq(got, want);
-    free(got), free(want);
-    assert_empty(admin, g.dst[1]);
     PQfinish(source);
     gated_end_drop(admin, &g);
     PQfinish(admin);
@@ -935,8 +906,7 @@ static Suite *integration_suite(void)
     tcase_set_timeout(endings, 300);
     tcase_add_test(endings, an_interrupted_commit_says_what_the_server_did);
     tcase_add_test(endings, an_interrupt_cancels_the_wait_for_a_copys_end);
-    tcase_add_test(endings, stall_timeout_bounds_a_lock_wait_at_a_copys_end);
-    tcase_add_test(endings, end_timeout_cancels_a_copy_whose_end_does_not_come);
+    tcase_add_loop_test(endings, a_bound_ends_the_wait_for_a_copys_end, 0, 2);
     suite_add_tcase(s, endings);
     return s;
 }
