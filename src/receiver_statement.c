@@ -514,6 +514,7 @@ static void cancel_if_aborted(pgfan_receiver *r)
         return;
     fan_deadline(&r->deadline, r->shared->opts.realign_timeout_ms);
     r->has_deadline = 1;
+    r->cancel_pending = 0; /* this is the cancel; an end timeout sends no other */
     fan_send_cancel(r->conn);
 }
 
