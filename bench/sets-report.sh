@@ -55,7 +55,9 @@ section() {
     echo "  server CPU = the 4 servers' processes; cores busy as in the table above"
     echo "- pgcopydb (Debian 0.10) also runs VACUUM ANALYZE on every copied table,"
     echo "  which the others do not; pg_dump runs with -Z 0, since compressing costs"
-    echo "  this 2-core machine more than it saves"
+    echo "  this 2-core machine more than it saves; pgfan loads the tables it"
+    echo "  created with COPY FREEZE (truncated in the load's transaction), which"
+    echo "  spares the index builds the hint-bit writes (pg_restore does not freeze)"
     echo
     echo "| strategy | wall s | source reads | client CPU s | peak RSS MB | server CPU s | cores busy % |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
