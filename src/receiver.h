@@ -166,7 +166,6 @@ static inline int fan_state_is_final(int state)
 
 /* ---- for the kinds (the receiver's thread) ---- */
 
-/* Reports a fault; the receiver then waits in `state` for the manager. */
 /* The bounds of one COPY end (CopyFail's, or CopyDone's end timeout) are
  * over. */
 static inline void fan_receiver_clear_deadlines(pgfan_receiver *r)
@@ -177,6 +176,7 @@ static inline void fan_receiver_clear_deadlines(pgfan_receiver *r)
     r->end_cancelled = 0;
 }
 
+/* Reports a fault; the receiver then waits in `state` for the manager. */
 void fan_receiver_raise_in(pgfan_receiver *r, pgfan_fault *f, pgfan_receiver_state state);
 void fan_receiver_raise(pgfan_receiver *r, pgfan_fault *f);
 /* The ring and this receiver's waiter. */
