@@ -230,8 +230,9 @@ typedef struct pgfan_options {
                                                faults with PGFAN_ESTALL; a
                                                server that leaves the cancel
                                                unanswered for realign_timeout_ms
-                                               too is given up.  0 = no limit
-                                               (default) */
+                                               too is given up.  pgfan_transfer()
+                                               bounds its COMMIT by it too.
+                                               0 = no limit (default) */
 } pgfan_options;
 
 /* Fills `opts` with the defaults.  `opts` must not be NULL. */

@@ -11,8 +11,9 @@
 
 /*
  * The waits of our own commands, bounded as the options say: BEGIN as a
- * COPY's start (start_timeout_ms, interrupt); COMMIT only by interrupt,
- * whose cancel may come too late and is then read as committed; ROLLBACK
+ * COPY's start (start_timeout_ms, interrupt); COMMIT as a COPY's end
+ * (end_timeout_ms, interrupt), whose cancel may come too late and is then
+ * read as committed; ROLLBACK
  * never interrupted (it is how an interrupted copy ends) but given up
  * after realign_timeout_ms, its connection left busy for the caller to
  * close.
@@ -25,7 +26,7 @@ static int exec_tx(PGconn *conn, enum tx_command cmd, const pgfan_options *o, in
     static const char *const sql[] = {"BEGIN", "COMMIT", "ROLLBACK"};
     fan_wait w = fan_wait_from_options(o);
     if (cmd == TX_COMMIT)
-        w.limit_ms = 0;
+        w.limit_ms = o->end_timeout_ms;
     if (cmd == TX_ROLLBACK) {
         w.interrupt = NULL;
         w.limit_ms = o->realign_timeout_ms;

@@ -681,11 +681,18 @@ static int transfer_interrupted_in(const char *waiting, const char *src, int n,
     return rc;
 }
 
-/* pgfan_transfer's own COMMIT yields to the caller's interrupt: one that
- * waits (here for a synchronous standby that does not exist) is cancelled
- * and its answer read.  The server had committed locally, so the call says
- * committed, and the target holds every row. */
-START_TEST(an_interrupted_commit_says_what_the_server_did)
+/* Keeps the text of the last notice or warning a connection got. */
+static void keep_notice(void *arg, const PGresult *res)
+{
+    snprintf((char *)arg, 512, "%s", PQresultErrorMessage(res));
+}
+
+/* pgfan_transfer's own COMMIT yields to the caller's interrupt (loop 0) and
+ * to end_timeout_ms (loop 1): one that waits (here for a synchronous
+ * standby that does not exist) is cancelled and its answer read.  The
+ * server had committed locally, so the call says committed, and the target
+ * holds every row. */
+START_TEST(a_waiting_commit_says_what_the_server_did)
 {
     PGconn *admin = pgt_connect();
     char src[64];
@@ -708,11 +715,33 @@ START_TEST(an_interrupted_commit_says_what_the_server_did)
     snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
     const char *in_ptr[1] = {in_sql};
     pgfan_transfer_result res;
-    int seen;
-    /* inside COMMIT: waiting for the synchronous standby */
-    int rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
+    int rc, seen;
+    if (_i == 0) {
+        /* inside COMMIT: waiting for the synchronous standby */
+        rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
                                      "datname = 'lib_sync' AND wait_event = 'SyncRep'",
                                      src, 1, &target, in_ptr, &res, &seen);
+    } else {
+        char notice[512] = "", out_sql[128];
+        for (int tries = 0; tries < 1000; tries++) { /* the reload reached it */
+            char *names = pgt_value(target, "SHOW synchronous_standby_names");
+            int set = strcmp(names, "pgfan_nobody") == 0;
+            free(names);
+            if (set)
+                break;
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL); /* a bounded poll for a state */
+        }
+        PQsetNoticeReceiver(target, keep_notice, notice);
+        pgfan_options o;
+        pgfan_options_init(&o);
+        o.end_timeout_ms = 1000;
+        snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
+        PGconn *source = pgt_connect();
+        rc = pgfan_transfer(source, out_sql, 1, &target, in_ptr, &o, &res, NULL);
+        PQfinish(source);
+        seen = strstr(notice, "canceling wait for synchronous replication") != NULL;
+    }
     pgt_missing_standby(admin, 0);
     ck_assert_msg(seen, "the COMMIT never waited");
     ck_assert_status(rc, PGFAN_OK);
@@ -904,7 +933,7 @@ static Suite *integration_suite(void)
     suite_add_tcase(s, refuse);
     TCase *endings = tcase_create("endings");
     tcase_set_timeout(endings, 300);
-    tcase_add_test(endings, an_interrupted_commit_says_what_the_server_did);
+    tcase_add_loop_test(endings, a_waiting_commit_says_what_the_server_did, 0, 2);
     tcase_add_test(endings, an_interrupt_cancels_the_wait_for_a_copys_end);
     tcase_add_loop_test(endings, a_bound_ends_the_wait_for_a_copys_end, 0, 2);
     suite_add_tcase(s, endings);
