@@ -1459,11 +1459,22 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
 }
 END_TEST
 
+/* How often `text` occurs in `s`. */
+static int occurrences(const char *s, const char *text)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, text)) != NULL; p += strlen(text))
+        n++;
+    return n;
+}
+
 /* --end-timeout bounds the statements that end a target's copy after its
  * COPY: here every COMMIT on the target's database waits for a synchronous
  * standby that does not exist.  Cancelled after 1 s, the COMMIT answers
  * that it committed locally, which is what pgfan reports (exit 0, the rows
- * there); without the bound it would wait for the standby forever. */
+ * there); without the bound it would wait for the standby forever.  Loop 1
+ * runs with --atomic: PREPARE TRANSACTION and COMMIT PREPARED both wait,
+ * and each is cancelled in turn, leaving nothing prepared. */
 START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
 {
     char table[64];
@@ -1471,10 +1482,22 @@ START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
     PGconn *admin = db(0);
     char sync[1200];
     PGconn *sc = waiting_for_a_standby(admin, table, sync, sizeof sync);
-    char *argv[] = {
-        "pgfan",   "-s",  conninfo[0],     "-t", conninfo[1], "-t", sync,
-        "--table", table, "--end-timeout", "1",  "--report",  "-",  "--no-progress",
-        NULL};
+    char *argv[] = {"pgfan",
+                    "-s",
+                    conninfo[0],
+                    "-t",
+                    conninfo[1],
+                    "-t",
+                    sync,
+                    "--table",
+                    table,
+                    "--end-timeout",
+                    "1",
+                    "--report",
+                    "-",
+                    "--no-progress",
+                    _i ? "--atomic" : NULL,
+                    NULL};
     char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
     pid_t pid = spawn_cli(argv, out, err);
     int exited = child_exited_within_2min(pid);
@@ -1485,13 +1508,85 @@ START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
     cli_run r = cli_finish(pid, out, err);
     ck_assert_msg(exited, "the COMMIT waited for the standby: %s", r.err);
     ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
-    ck_assert_msg(strstr(r.err, "canceling wait for synchronous replication"), "%s",
-                  r.err); /* the COMMIT did wait, and the server says it committed */
+    /* each statement did wait, and the server says it took effect locally */
+    ck_assert_msg(occurrences(r.err, "canceling wait for synchronous replication") ==
+                      1 + _i,
+                  "%s", r.err);
     ck_assert_ptr_null(strstr(r.out, "\"state\": \"unknown\""));
     char *want = source_checksum(table);
     char *got = pgt_checksum(sc, table);
     ck_assert_str_eq(got, want);
-    free(got), free(want);
+    char *prepared = pgt_value(sc, "SELECT count(*) FROM pg_prepared_xacts");
+    ck_assert_str_eq(prepared, "0");
+    free(prepared), free(got), free(want);
+    cli_free(&r);
+    pgt_exec(sc, "DROP TABLE %s", table);
+    PQfinish(sc);
+    PQfinish(admin);
+    drop_tables(table);
+}
+END_TEST
+
+/* Polls until backend `pid` has left, or about a minute passes. */
+static void backend_left(PGconn *admin, int pid)
+{
+    for (int tries = 0; tries < 6000; tries++) {
+        char *n =
+            pgt_value(admin, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", pid);
+        int left = strcmp(n, "0") == 0;
+        free(n);
+        if (left)
+            return;
+        sleep_ms(10); /* a poll for a state, bounded by the loop; not a timing bet */
+    }
+}
+
+/*
+ * --atomic, and target 2's backend stops (SIGSTOP) in its PREPARE while
+ * that waits for a synchronous standby that does not exist: the PREPARE is
+ * cancelled at --end-timeout, the cancel goes unanswered, and what the
+ * PREPARE did stays unknown while that backend lives (it could still
+ * prepare).  pgfan says so (exit 4, target 2 "unknown") and names the
+ * statement that settles it, while target 1 is rolled back.  Continued,
+ * the backend leaves the transaction prepared (it was, before the wait),
+ * and the named statement settles it.
+ */
+START_TEST(a_stopped_prepare_is_reported_unknown)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *admin = db(0);
+    char sync[1200];
+    PGconn *sc = waiting_for_a_standby(admin, table, sync, sizeof sync);
+    char *argv[] = {
+        "pgfan",    "-s",      conninfo[0],     "-t",       conninfo[1],     "-t",
+        sync,       "--table", table,           "--atomic", "--end-timeout", "1",
+        "--report", "-",       "--no-progress", NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    int backend = wait_for_running(admin, "cli_sync", "PREPARE", "IPC:SyncRep", pid);
+    int stopped = backend && kill(backend, SIGSTOP) == 0;
+    int exited = stopped && child_exited_within_2min(pid);
+    if (stopped)
+        kill(backend, SIGCONT);
+    pgt_missing_standby(admin, 0);
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(stopped, "no PREPARE waited: %s", r.err);
+    backend_left(admin, backend); /* pgfan asked it to terminate */
+    ck_assert_msg(exited, "pgfan waited for the stopped PREPARE: %s", r.err);
+    ck_assert_msg(r.code == 4, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.out, "\"state\": \"unknown\""), "%s", r.out);
+    const char *hint = strstr(r.err, "run ROLLBACK PREPARED '");
+    ck_assert_msg(hint && strstr(r.err, "target 2 ("), "%s", r.err);
+    char gid[80] = "";
+    sscanf(hint + strlen("run ROLLBACK PREPARED '"), "%79[^']", gid);
+    char *left = pgt_value(sc, "SELECT string_agg(gid, ',') FROM pg_prepared_xacts");
+    ck_assert_str_eq(left, gid);
+    pgt_exec(sc, "ROLLBACK PREPARED '%s'", gid);
+    assert_target(1, table, "0:0");
+    char *got = pgt_checksum(sc, table);
+    ck_assert_str_eq(got, "0:0");
+    free(got), free(left);
     cli_free(&r);
     pgt_exec(sc, "DROP TABLE %s", table);
     PQfinish(sc);
@@ -1810,7 +1905,8 @@ static Suite *cli_suite(void)
     tcase_add_test(tc, deferred_constraint_fails_before_any_commit);
     tcase_add_test(tc, an_unanswered_rollback_is_given_up);
     tcase_add_test(tc, a_target_stopped_with_all_its_data_ends_at_the_end_timeout);
-    tcase_add_test(tc, a_commit_that_waits_ends_at_the_end_timeout);
+    tcase_add_loop_test(tc, a_commit_that_waits_ends_at_the_end_timeout, 0, 2);
+    tcase_add_test(tc, a_stopped_prepare_is_reported_unknown);
     tcase_add_test(tc, a_deferred_check_that_waits_ends_at_the_end_timeout);
     tcase_add_test(tc, rows_bigger_than_a_slot_arrive_whole);
     tcase_add_test(tc, report_failures_never_misstate_the_outcome);

@@ -41,12 +41,47 @@ static void target_value(run *r, size_t i, const char *sql, const char *param, c
         give_up(r, &r->targets[i]);
 }
 
+/* How long the backend of a lost connection may take to leave once told
+ * to terminate, and how often it is looked for meanwhile. */
+#define OLD_BACKEND_LEAVE_MS 5000
+#define OLD_BACKEND_STEP_MS  250
+
+/*
+ * The backend that ran target i's transaction on a connection given up may
+ * still hold it (a stopped or cut-off server) and could yet prepare it, so
+ * what it did is final only once it has left: it is told to terminate
+ * (only a backend still holding our transaction id, never another
+ * session).  Returns 0 when none holds it, -1 when one still does or
+ * nobody can tell.
+ */
+static int old_backend_gone(run *r, size_t i)
+{
+    char xid[16], holding[16];
+    if (!r->xid[i][0])
+        return 0; /* its id was never learned: nothing to look for */
+    /* pg_stat_activity shows the 32-bit xid; txid_current() adds the epoch */
+    snprintf(xid, sizeof xid, "%llu", strtoull(r->xid[i], NULL, 10) & 0xffffffffULL);
+    for (int waited = 0; waited <= OLD_BACKEND_LEAVE_MS; waited += OLD_BACKEND_STEP_MS) {
+        target_value(r, i,
+                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                     "WHERE backend_xid::text = $1",
+                     xid, holding, sizeof holding);
+        if (strcmp(holding, "0") == 0)
+            return 0;
+        if (!holding[0] || !r->targets[i])
+            return -1;
+        struct timespec step = {0, OLD_BACKEND_STEP_MS * 1000000L};
+        nanosleep(&step, NULL);
+    }
+    return -1;
+}
+
 /* Whether gid i is still prepared on target i, after reconnecting:
  * 1 yes, 0 no, -1 nobody can tell. */
 static int still_prepared(run *r, size_t i)
 {
     char found[8];
-    if (reconnect(r, i) != 0)
+    if (reconnect(r, i) != 0 || old_backend_gone(r, i) != 0)
         return -1;
     target_value(r, i, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1", r->gid[i],
                  found, sizeof found);
@@ -66,7 +101,7 @@ static int settle_prepared(run *r, size_t i, const char *verb)
                        ? 1
                        : still_prepared(r, i);
         if (left == 0 ||
-            (left == 1 && exec_ok(r, &r->targets[i], sql, (int)i, &f) == 0)) {
+            (left == 1 && exec_ending(r, &r->targets[i], sql, (int)i, &f) == 0)) {
             r->gid[i][0] = '\0';
             return 0;
         }
@@ -85,18 +120,27 @@ static int settle_prepared(run *r, size_t i, const char *verb)
     return -1;
 }
 
-/* The connection broke during PREPARE TRANSACTION: whether it prepared is
- * only known by looking.  Keeps the gid when it did, clears it when not;
- * returns -1 when nobody can tell (the gid is kept, to be reported). */
-static int find_lost_prepare(run *r, size_t i)
+/* A PREPARE whose outcome nobody can tell yet: its backend still holds the
+ * transaction and may prepare it later.  The run is not committing (this
+ * target did not prepare for it), so what needs doing is said, the target
+ * is reported unknown, and nothing more is tried on it. */
+static void prepare_unknown(run *r, size_t i, const cli_fail *f)
 {
-    int left = still_prepared(r, i);
-    if (left == 0)
-        r->gid[i][0] = '\0'; /* never prepared: rolled back with its session */
-    return left < 0 ? -1 : 0;
+    char who[1200];
+    fprintf(stderr,
+            "pgfan: %s: whether PREPARE TRANSACTION '%s' took effect is unknown: its "
+            "backend still holds the transaction; if pg_prepared_xacts there shows "
+            "'%s', run ROLLBACK PREPARED '%s'\n",
+            who_name(r, (int)i, who, sizeof who), r->gid[i], r->gid[i], r->gid[i]);
+    note_error(&r->report.targets[i], f);
+    r->report.targets[i].outcome = OUTCOME_UNKNOWN;
+    r->gid[i][0] = '\0';
 }
 
-/* Prepares target i's transaction.  Returns 1 when prepared, 0 when not. */
+/* Prepares target i's transaction, within --end-timeout: one that waits
+ * for a synchronous standby is cancelled and answers that it prepared
+ * locally.  A lost answer is settled by looking, once the old backend has
+ * left.  Returns 1 when prepared, 0 when not (or unknown). */
 static int prepare_one(run *r, size_t i)
 {
     char sql[128];
@@ -104,16 +148,19 @@ static int prepare_one(run *r, size_t i)
     snprintf(r->gid[i], sizeof r->gid[i], "pgfan_%s_%zu", r->run_id, i + 1);
     snprintf(sql, sizeof sql, "PREPARE TRANSACTION '%s'", r->gid[i]);
     r->in_tx[i] = 0;
-    if (exec_ok(r, &r->targets[i], sql, (int)i, &f) == 0)
+    if (exec_ending(r, &r->targets[i], sql, (int)i, &f) == 0)
         return 1;
-    if (!r->targets[i] || PQstatus(r->targets[i]) == CONNECTION_BAD) {
-        if (find_lost_prepare(r, i) == 0 && r->gid[i][0])
-            return 1; /* the answer was lost, the PREPARE was not */
-    } else {
-        r->gid[i][0] = '\0'; /* a failed PREPARE rolls its transaction back */
-    }
+    int left = r->targets[i] && PQstatus(r->targets[i]) == CONNECTION_OK
+                   ? 0 /* a failed PREPARE rolls its transaction back */
+                   : still_prepared(r, i);
+    if (left == 1)
+        return 1; /* the answer was lost, the PREPARE was not */
     print_fail(r, &f);
     note_error(&r->report.targets[i], &f);
+    if (left == 0)
+        r->gid[i][0] = '\0';
+    else
+        prepare_unknown(r, i, &f);
     return 0;
 }
 
