@@ -77,7 +77,8 @@ PGFAN_EXTERN const char *pgfan_version_string(void);
     X(ERECEIVER, -17, "a receiver failed")                                               \
     X(EBUSY, -18, "the connection is busy")                                              \
     X(EPARTIAL, -19, "some targets committed and some did not")                          \
-    X(ESETTINGS, -20, "session settings differ in a way that would change the data")
+    X(ESETTINGS, -20, "session settings differ in a way that would change the data")     \
+    X(EOUTCOME, -21, "whether the COMMIT took effect is unknown")
 
 typedef enum pgfan_status {
 #define PGFAN_STATUS_ENUM(name, code, text) PGFAN_##name = code,
@@ -86,7 +87,7 @@ typedef enum pgfan_status {
 } pgfan_status;
 
 /* The most negative status code this version defines. */
-#define PGFAN_STATUS_LAST PGFAN_ESETTINGS
+#define PGFAN_STATUS_LAST PGFAN_EOUTCOME
 
 /* A static, human-readable description of a status code ("unknown error"
  * for a code this version does not define). */

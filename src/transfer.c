@@ -94,13 +94,82 @@ static int begin_all(size_t n, PGconn *const targets[], unsigned char *own_tx,
     return 0;
 }
 
+/*
+ * Our transaction's id on conn (txid_current(), with its epoch), read
+ * before COMMIT so that one whose answer is lost can be looked up
+ * (txid_status) by the caller.  Bounded as BEGIN.  Returns 0, or -1 when
+ * the transaction may not commit: a failed read aborts it, and a COMMIT
+ * then would answer like a success while rolling back.
+ */
+static int read_txid(PGconn *conn, const pgfan_options *o, int who, const char *label,
+                     char *xid, size_t len, pgfan_fault *f)
+{
+    fan_wait w = fan_wait_from_options(o);
+    xid[0] = '\0';
+    if (!PQsendQuery(conn, "SELECT txid_current()")) {
+        fan_fault_from_conn(f, who, label, conn);
+        return -1;
+    }
+    if (fan_await_result(conn, &w, who, label, f) != PGFAN_OK)
+        return -1;
+    PGresult *res;
+    int rc = 0;
+    while ((res = PQgetResult(conn)) != NULL) {
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+            snprintf(xid, len, "%s", PQgetvalue(res, 0, 0));
+        else if (rc == 0) {
+            fan_fault_from_result(f, who, label, res);
+            rc = -1;
+        }
+        PQclear(res);
+    }
+    return rc;
+}
+
+/* A COMMIT that failed with its connection (broken, or its server answered
+ * neither it nor the cancel) may have taken effect: the fault says so and
+ * how to find out. */
+static void outcome_unknown(pgfan_fault *f, const char *xid)
+{
+    char was[sizeof f->message];
+    snprintf(was, sizeof was, "%s", f->message);
+    f->code = PGFAN_EOUTCOME;
+    if (xid[0])
+        snprintf(f->message, sizeof f->message,
+                 "%.300s; whether the COMMIT took effect is unknown: once its backend "
+                 "has gone, SELECT txid_status(%s) on that server tells",
+                 was, xid);
+    else
+        snprintf(f->message, sizeof f->message,
+                 "%.300s; whether the COMMIT took effect is unknown", was);
+}
+
+/* Commits target i's transaction.  Returns 0 when it committed, else the
+ * fault's code (PGFAN_EOUTCOME when nobody can tell). */
+static int commit_target(PGconn *conn, const pgfan_options *o, int who, const char *label,
+                         pgfan_fault *f)
+{
+    char xid[32];
+    if (read_txid(conn, o, who, label, xid, sizeof xid, f) != 0) {
+        exec_tx(conn, TX_ROLLBACK, o, who, label, NULL);
+        return f->code;
+    }
+    if (exec_tx(conn, TX_COMMIT, o, who, label, f) == 0)
+        return 0;
+    if (f->code == PGFAN_ECONN)
+        outcome_unknown(f, xid);
+    return f->code;
+}
+
 /* Ends the transactions we opened: COMMIT where the library says a target
  * may commit (under abort, no COMMIT follows a failed one), ROLLBACK
  * elsewhere.  Returns how many committed (targets in the caller's own
- * transaction count when they may). */
+ * transaction count when they may).  The first COMMIT whose outcome is
+ * unknown goes to *unknown (its target stays DONE, with that fault). */
 static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
                      const unsigned char *own_tx, const pgfan_options *o,
-                     pgfan_receiver_result *res, pgfan_fault *first_error)
+                     pgfan_receiver_result *res, pgfan_fault *first_error,
+                     pgfan_fault *unknown)
 {
     size_t committed = 0;
     int stop = 0;
@@ -117,13 +186,17 @@ static size_t settle(pgfan_manager *m, size_t n, PGconn *const targets[],
             continue;
         }
         pgfan_fault f;
-        if (exec_tx(targets[i], TX_COMMIT, o, (int)i, res[i].label, &f) == 0) {
+        int rc = commit_target(targets[i], o, (int)i, res[i].label, &f);
+        if (rc == 0) {
             committed++;
             continue;
         }
-        res[i].state = PGFAN_RECEIVER_FAILED;
+        if (rc == PGFAN_EOUTCOME && !unknown->message[0])
+            *unknown = f;
+        else if (rc != PGFAN_EOUTCOME)
+            res[i].state = PGFAN_RECEIVER_FAILED;
         res[i].may_commit = 0;
-        if (!res[i].has_fault) {
+        if (!res[i].has_fault || rc == PGFAN_EOUTCOME) {
             res[i].has_fault = 1;
             res[i].fault = f;
         }
@@ -173,10 +246,14 @@ int pgfan_transfer(PGconn *source, const char *copy_to_sql, size_t ntargets,
         rc = pgfan_manager_run(m);
     for (size_t i = 0; m && i < ntargets; i++)
         pgfan_manager_receiver(m, i, &res[i]);
-    size_t committed = settle(m, ntargets, targets, own_tx, &o, res, &error);
+    pgfan_fault unknown = {0};
+    size_t committed = settle(m, ntargets, targets, own_tx, &o, res, &error, &unknown);
     if (result)
         result->committed = committed;
-    if (committed > 0 && committed < ntargets)
+    if (unknown.message[0]) {
+        rc = PGFAN_EOUTCOME;
+        error = unknown;
+    } else if (committed > 0 && committed < ntargets)
         rc = PGFAN_EPARTIAL;
     else if (rc == PGFAN_OK && committed < ntargets)
         rc = PGFAN_ERECEIVER;
@@ -191,7 +268,8 @@ out:
         memcpy(target_results, res, ntargets * sizeof *res);
     if (result && rc != PGFAN_OK) {
         result->has_error = 1;
-        if (!(m && pgfan_manager_fault(m, 0, &result->error) == PGFAN_OK)) {
+        if (rc == PGFAN_EOUTCOME ||
+            !(m && pgfan_manager_fault(m, 0, &result->error) == PGFAN_OK)) {
             if (error.message[0])
                 result->error = error;
             else

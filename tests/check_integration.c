@@ -624,6 +624,9 @@ typedef struct commit_watch {
     pthread_t caller;    /* the thread inside pgfan_transfer */
     const char *waiting; /* counts the backends in the awaited wait */
     int seen;            /* that wait was seen */
+    int stop;            /* `waiting` gives a backend's pid: stop it (SIGSTOP)
+                            before the interrupt */
+    int stopped;         /* the pid stopped, or 0 */
 } commit_watch;
 
 /* Set the way the interrupt is meant to be set: by a signal handler. */
@@ -643,6 +646,8 @@ static void *interrupt_the_wait(void *arg)
     for (int tries = 0; tries < 6000 && !w->seen; tries++) {
         char *n = pgt_value(admin, "%s", w->waiting);
         w->seen = strcmp(n, "0") != 0;
+        if (w->seen && w->stop && kill(atoi(n), SIGSTOP) == 0)
+            w->stopped = atoi(n);
         free(n);
         struct timespec ts = {0, 10 * 1000000L}; /* polls a state; no timing bet */
         nanosleep(&ts, NULL);
@@ -652,32 +657,36 @@ static void *interrupt_the_wait(void *arg)
     return NULL;
 }
 
-/* pgfan_transfer of table `src` into `targets`, with a SIGUSR1 handler
- * setting its interrupt once a backend is in the wait `waiting` counts;
- * *seen says whether it was. */
-static int transfer_interrupted_in(const char *waiting, const char *src, int n,
+/* pgfan_transfer of table `src` into `targets` with options `o` (NULL: the
+ * defaults) and a SIGUSR1 handler setting its interrupt once a backend is
+ * in the wait w->waiting counts (stopping it first when w->stop); w->seen
+ * says whether it was.  `tr` may be NULL. */
+static int transfer_interrupted_in(commit_watch *w, const char *src, int n,
                                    PGconn **targets, const char *const *in_sql,
-                                   pgfan_transfer_result *res, int *seen)
+                                   const pgfan_options *opts, pgfan_transfer_result *res,
+                                   pgfan_receiver_result *tr)
 {
     struct sigaction sa = {0}, was;
     sa.sa_handler = on_commit_signal;
     sigemptyset(&sa.sa_mask);
     ck_assert_int_eq(sigaction(SIGUSR1, &sa, &was), 0);
     commit_interrupt = 0;
-    commit_watch w = {pthread_self(), waiting, 0};
+    w->caller = pthread_self();
     pthread_t th;
-    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, &w), 0);
+    ck_assert_int_eq(pthread_create(&th, NULL, interrupt_the_wait, w), 0);
     pgfan_options o;
-    pgfan_options_init(&o);
+    if (opts)
+        o = *opts;
+    else
+        pgfan_options_init(&o);
     o.interrupt = &commit_interrupt;
     char out_sql[128];
     snprintf(out_sql, sizeof out_sql, "COPY %s TO STDOUT", src);
     PGconn *source = pgt_connect();
-    int rc = pgfan_transfer(source, out_sql, n, targets, in_sql, &o, res, NULL);
+    int rc = pgfan_transfer(source, out_sql, n, targets, in_sql, &o, res, tr);
     pthread_join(th, NULL);
     sigaction(SIGUSR1, &was, NULL);
     PQfinish(source);
-    *seen = w.seen;
     return rc;
 }
 
@@ -685,6 +694,40 @@ static int transfer_interrupted_in(const char *waiting, const char *src, int n,
 static void keep_notice(void *arg, const PGresult *res)
 {
     snprintf((char *)arg, 512, "%s", PQresultErrorMessage(res));
+}
+
+/* A 5000-row source table `src` and a target connection to the database
+ * lib_sync (its conninfo in `sync`) holding an empty table of that name,
+ * whose commits wait for a synchronous standby that does not exist (until
+ * pgt_missing_standby(admin, 0)); the target's session already has that
+ * setting when this returns. */
+static PGconn *target_waiting_for_a_standby(PGconn *admin, char *src, size_t len,
+                                            char *sync, size_t sync_len)
+{
+    pgt_name(src, len, "sync");
+    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(admin,
+             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
+             src);
+    pgt_sync_database(admin, "lib_sync");
+    snprintf(sync, sync_len, "%s dbname=lib_sync", getenv("PGFAN_TEST_CONNINFO"));
+    PGconn *target = PQconnectdb(sync);
+    ck_assert_int_eq(PQstatus(target), CONNECTION_OK);
+    pgt_exec(target, "SET synchronous_commit = local");
+    pgt_exec(target, "DROP TABLE IF EXISTS %s", src);
+    pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
+    pgt_exec(target, "SET synchronous_commit = on");
+    pgt_missing_standby(admin, 1);
+    for (int tries = 0; tries < 1000; tries++) { /* the reload reached it */
+        char *names = pgt_value(target, "SHOW synchronous_standby_names");
+        int set = strcmp(names, "pgfan_nobody") == 0;
+        free(names);
+        if (set)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL); /* a bounded poll for a state */
+    }
+    return target;
 }
 
 /* pgfan_transfer's own COMMIT yields to the caller's interrupt (loop 0) and
@@ -695,22 +738,9 @@ static void keep_notice(void *arg, const PGresult *res)
 START_TEST(a_waiting_commit_says_what_the_server_did)
 {
     PGconn *admin = pgt_connect();
-    char src[64];
-    pgt_name(src, sizeof src, "sync");
-    pgt_exec(admin, "CREATE TABLE %s (id int, t text)", src);
-    pgt_exec(admin,
-             "INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 5000) g",
-             src);
-    pgt_sync_database(admin, "lib_sync");
-    char sync[1200];
-    snprintf(sync, sizeof sync, "%s dbname=lib_sync", getenv("PGFAN_TEST_CONNINFO"));
-    PGconn *target = PQconnectdb(sync);
-    ck_assert_int_eq(PQstatus(target), CONNECTION_OK);
-    pgt_exec(target, "SET synchronous_commit = local");
-    pgt_exec(target, "DROP TABLE IF EXISTS %s", src);
-    pgt_exec(target, "CREATE TABLE %s (id int, t text)", src);
-    pgt_exec(target, "SET synchronous_commit = on");
-    pgt_missing_standby(admin, 1);
+    char src[64], sync[1200];
+    PGconn *target =
+        target_waiting_for_a_standby(admin, src, sizeof src, sync, sizeof sync);
     char in_sql[128];
     snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
     const char *in_ptr[1] = {in_sql};
@@ -718,20 +748,12 @@ START_TEST(a_waiting_commit_says_what_the_server_did)
     int rc, seen;
     if (_i == 0) {
         /* inside COMMIT: waiting for the synchronous standby */
-        rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
-                                     "datname = 'lib_sync' AND wait_event = 'SyncRep'",
-                                     src, 1, &target, in_ptr, &res, &seen);
+        commit_watch w = {.waiting = "SELECT count(*) FROM pg_stat_activity WHERE "
+                                     "datname = 'lib_sync' AND wait_event = 'SyncRep'"};
+        rc = transfer_interrupted_in(&w, src, 1, &target, in_ptr, NULL, &res, NULL);
+        seen = w.seen;
     } else {
         char notice[512] = "", out_sql[128];
-        for (int tries = 0; tries < 1000; tries++) { /* the reload reached it */
-            char *names = pgt_value(target, "SHOW synchronous_standby_names");
-            int set = strcmp(names, "pgfan_nobody") == 0;
-            free(names);
-            if (set)
-                break;
-            struct timespec ts = {0, 10 * 1000000L};
-            nanosleep(&ts, NULL); /* a bounded poll for a state */
-        }
         PQsetNoticeReceiver(target, keep_notice, notice);
         pgfan_options o;
         pgfan_options_init(&o);
@@ -753,6 +775,67 @@ START_TEST(a_waiting_commit_says_what_the_server_did)
     free(got), free(want);
     pgt_exec(target, "DROP TABLE %s", src);
     PQfinish(target);
+    pgt_exec(admin, "DROP TABLE %s", src);
+    PQfinish(admin);
+}
+END_TEST
+
+/*
+ * A COMMIT that pgfan_transfer cannot know the outcome of: the target's
+ * backend stops (SIGSTOP) while its COMMIT waits for a synchronous standby
+ * that does not exist, and only then is the call interrupted, so neither
+ * the COMMIT nor its cancel (past realign_timeout_ms) is answered.  The call says the
+ * outcome is unknown (PGFAN_EOUTCOME, the target still DONE and not counted as committed)
+ * and names the transaction; continued, the backend ends its COMMIT, and txid_status() of
+ * that transaction says committed, as the message promised it would tell.
+ */
+START_TEST(a_commit_nobody_answers_is_reported_unknown)
+{
+    PGconn *admin = pgt_connect();
+    char src[64], sync[1200], in_sql[128];
+    PGconn *target =
+        target_waiting_for_a_standby(admin, src, sizeof src, sync, sizeof sync);
+    snprintf(in_sql, sizeof in_sql, "COPY %s FROM STDIN", src);
+    const char *in_ptr[1] = {in_sql};
+    commit_watch w = {.waiting = "SELECT coalesce(max(pid), 0) FROM pg_stat_activity "
+                                 "WHERE datname = 'lib_sync' AND wait_event = 'SyncRep'",
+                      .stop = 1};
+    pgfan_options o;
+    pgfan_options_init(&o);
+    o.realign_timeout_ms = 1000;
+    pgfan_transfer_result res;
+    pgfan_receiver_result tr[1];
+    int rc = transfer_interrupted_in(&w, src, 1, &target, in_ptr, &o, &res, tr);
+    if (w.stopped)
+        kill(w.stopped, SIGCONT);
+    pgt_missing_standby(admin, 0);
+    PQfinish(target); /* still busy, as the fault says */
+    ck_assert_msg(w.stopped, "the COMMIT never waited");
+    ck_assert_status(rc, PGFAN_EOUTCOME);
+    ck_assert_uint_eq(res.committed, 0);
+    ck_assert_int_eq(res.error.code, PGFAN_EOUTCOME);
+    ck_assert_int_eq(tr[0].state, PGFAN_RECEIVER_DONE);
+    ck_assert_int_eq(tr[0].fault.code, PGFAN_EOUTCOME);
+    const char *ask = strstr(res.error.message, "txid_status(");
+    ck_assert_msg(ask, "%s", res.error.message);
+    long long xid = atoll(ask + strlen("txid_status("));
+    PGconn *look = PQconnectdb(sync);
+    char *status = NULL;
+    for (int tries = 0; tries < 6000; tries++) { /* until its backend has gone */
+        free(status);
+        status = pgt_value(look, "SELECT txid_status(%lld)", xid);
+        if (strcmp(status, "in progress") != 0)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL); /* a bounded poll for a state */
+    }
+    ck_assert_str_eq(status, "committed");
+    char *want = pgt_checksum(admin, src);
+    char *got = pgt_checksum(look, src);
+    ck_assert_str_eq(got, want);
+    free(got), free(want), free(status);
+    pgt_exec(look, "DROP TABLE %s", src);
+    PQfinish(look);
     pgt_exec(admin, "DROP TABLE %s", src);
     PQfinish(admin);
 }
@@ -829,12 +912,11 @@ START_TEST(an_interrupt_cancels_the_wait_for_a_copys_end)
     gated_end g;
     gated_end_create(admin, &g, 4244);
     pgfan_transfer_result res;
-    int seen;
-    int rc = transfer_interrupted_in("SELECT count(*) FROM pg_stat_activity WHERE "
-                                     "wait_event = 'advisory' AND query ILIKE 'copy%'",
-                                     g.src, 2, g.targets, g.in_ptr, &res, &seen);
+    commit_watch w = {.waiting = "SELECT count(*) FROM pg_stat_activity WHERE "
+                                 "wait_event = 'advisory' AND query ILIKE 'copy%'"};
+    int rc = transfer_interrupted_in(&w, g.src, 2, g.targets, g.in_ptr, NULL, &res, NULL);
     gated_end_released(admin, &g);
-    ck_assert_msg(seen, "the end of the COPY never waited");
+    ck_assert_msg(w.seen, "the end of the COPY never waited");
     ck_assert_status(rc, PGFAN_EABORTED);
     ck_assert_uint_eq(res.committed, 0);
     assert_empty(admin, g.dst[0]);
@@ -934,6 +1016,7 @@ static Suite *integration_suite(void)
     TCase *endings = tcase_create("endings");
     tcase_set_timeout(endings, 300);
     tcase_add_loop_test(endings, a_waiting_commit_says_what_the_server_did, 0, 2);
+    tcase_add_test(endings, a_commit_nobody_answers_is_reported_unknown);
     tcase_add_test(endings, an_interrupt_cancels_the_wait_for_a_copys_end);
     tcase_add_loop_test(endings, a_bound_ends_the_wait_for_a_copys_end, 0, 2);
     suite_add_tcase(s, endings);
