@@ -1847,6 +1847,78 @@ START_TEST(a_wait_at_a_copys_end_ends_at_its_bound)
 }
 END_TEST
 
+/* Polls `c` until `count_sql` (a count) is nonzero, or about a minute
+ * passes; returns 1 when it was. */
+static int server_shows(PGconn *c, const char *count_sql)
+{
+    for (int tries = 0; tries < 6000; tries++) {
+        char *n = pgt_value(c, "%s", count_sql);
+        int seen = strcmp(n, "0") != 0;
+        free(n);
+        if (seen)
+            return 1;
+        sleep_ms(10); /* a poll for a state, bounded by the loop; not a timing bet */
+    }
+    return 0;
+}
+
+/*
+ * The timeouts a database or role sets for its applications do not end a
+ * load: pgfan turns them off in its sessions, as pg_dump does.  Every
+ * connection here asks for a statement_timeout and an
+ * idle_in_transaction_session_timeout of 1 s.  Target 2's COPY end waits
+ * on a row lock (a referenced row held FOR UPDATE) while target 1, done,
+ * waits idle in its transaction; the holder lets go only once the servers
+ * show target 2's COPY running and target 1 idle in its transaction, each
+ * for longer than those timeouts.  Then all commit the source's rows.
+ */
+START_TEST(application_timeouts_do_not_end_a_load)
+{
+    char table[64];
+    new_tables(table, 1000);
+    PGconn *t1 = db(1), *t2 = db(2), *holder = db(2);
+    pgt_exec(holder, "CREATE TABLE %s_p (id int8 PRIMARY KEY)", table);
+    pgt_exec(holder, "INSERT INTO %s_p SELECT generate_series(1, 1000)", table);
+    pgt_exec(holder, "ALTER TABLE %s ADD FOREIGN KEY (id) REFERENCES %s_p", table, table);
+    pgt_exec(holder, "BEGIN");
+    pgt_exec(holder, "SELECT FROM %s_p WHERE id = 500 FOR UPDATE", table);
+    char timed[NT + 1][1400];
+    for (int i = 0; i <= NT; i++)
+        snprintf(timed[i], sizeof timed[i],
+                 "%.1199s options='-c statement_timeout=1000 "
+                 "-c idle_in_transaction_session_timeout=1000'",
+                 conninfo[i]);
+    char *argv[] = {"pgfan", "-s",     timed[0],  "-t",  timed[1],        "-t", timed[2],
+                    "-t",    timed[3], "--table", table, "--no-progress", NULL};
+    char out[] = "/tmp/pgfan-cli-out.XXXXXX", err[] = "/tmp/pgfan-cli-err.XXXXXX";
+    pid_t pid = spawn_cli(argv, out, err);
+    int copy_waited =
+        server_shows(/* not from the holder: its view is frozen */
+                     t2, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                         "current_database() "
+                         "AND state = 'active' AND query ILIKE 'copy%' "
+                         "AND clock_timestamp() - query_start > interval '1500 ms'");
+    int idle_waited = server_shows(
+        t1, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction' "
+            "AND clock_timestamp() - state_change > interval '1500 ms'");
+    pgt_exec(holder, "ROLLBACK");
+    cli_run r = cli_finish(pid, out, err);
+    ck_assert_msg(copy_waited && idle_waited, "a timeout ended a session: %s", r.err);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    char *want = source_checksum(table);
+    for (int i = 1; i <= NT; i++)
+        assert_target(i, table, want);
+    free(want);
+    cli_free(&r);
+    drop_tables(table);
+    pgt_exec(holder, "DROP TABLE %s_p", table);
+    PQfinish(holder);
+    PQfinish(t2);
+    PQfinish(t1);
+}
+END_TEST
+
 /* --truncate with --stall-timeout 1 while another session holds target 2's
  * table (ACCESS SHARE, until the command is over): the server gives up the
  * TRUNCATE's lock wait (55P03) and pgfan exits 1 with every target as it
@@ -1921,6 +1993,7 @@ static Suite *cli_suite(void)
     tcase_add_loop_test(tc, a_locked_copy_start_fails_at_the_stall_timeout, 0, 2);
     tcase_add_test(tc, a_locked_truncate_fails_at_the_stall_timeout);
     tcase_add_loop_test(tc, a_wait_at_a_copys_end_ends_at_its_bound, 0, 4);
+    tcase_add_test(tc, application_timeouts_do_not_end_a_load);
     suite_add_tcase(s, tc);
     TCase *spill = tcase_create("spill");
     tcase_set_timeout(spill, 600);

@@ -173,18 +173,27 @@ int exec_ending(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
  * As pg_dump does: every session renders and reads values alike, in the
  * source database's encoding, so no setting of a server, database or role
  * can change a value on its way (a target that cannot hold a character
- * says so with its own conversion error).
+ * says so with its own conversion error).  And no timeout a database or
+ * role sets for its applications ends a long load, or a session that
+ * rightly waits idle in its transaction (the snapshot's holder, a target
+ * done before the others) or between tables: pgfan's own bounds
+ * (--stall-timeout, --end-timeout) apply instead.  lock_timeout is kept:
+ * --stall-timeout never raises a shorter one.
  */
 static int pin_session(run *r, PGconn **c, int who)
 {
-    char sql[512];
+    char sql[768];
     cli_fail f;
+    int version = PQserverVersion(*c);
     snprintf(sql, sizeof sql,
              "SET client_encoding = '%s'; SET DateStyle = 'ISO, YMD'; "
              "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
              "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
-             "SET xmloption = content",
-             r->encoding);
+             "SET xmloption = content; SET statement_timeout = 0%s%s%s",
+             r->encoding,
+             version >= 90600 ? "; SET idle_in_transaction_session_timeout = 0" : "",
+             version >= 140000 ? "; SET idle_session_timeout = 0" : "",
+             version >= 170000 ? "; SET transaction_timeout = 0" : "");
     if (exec_ok(r, c, sql, who, &f) == 0)
         return 0;
     print_fail(r, &f);
