@@ -604,6 +604,58 @@ START_TEST(query_columns_are_matched_by_name)
 }
 END_TEST
 
+/*
+ * As with pg_dump, row-level security never hides rows silently: a source
+ * role whose policy shows it half of a table (not its owner, no BYPASSRLS)
+ * gets the server's refusal (42501, exit 2, named in the report, nothing
+ * loaded) instead of a copy of that half; --enable-row-security asks for
+ * exactly the rows the policy shows.
+ */
+START_TEST(rows_hidden_by_row_security_are_never_copied_silently)
+{
+    char table[64], reader[1400];
+    setup_databases();
+    pgt_name(table, sizeof table, "rls");
+    PGconn *s = fixed_session(DB_UTF8_DMY), *t = fixed_session(DB_UTF8_MDY);
+    pgt_exec(s, "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                "'pgfan_rls_reader') THEN CREATE ROLE pgfan_rls_reader LOGIN PASSWORD "
+                "'pgfan'; END IF; END $$");
+    pgt_exec(s, "CREATE TABLE %s (id int, shown bool)", table);
+    pgt_exec(s, "INSERT INTO %s SELECT g, g %% 2 = 0 FROM generate_series(1, 100) g",
+             table);
+    pgt_exec(s, "ALTER TABLE %s ENABLE ROW LEVEL SECURITY", table);
+    pgt_exec(s, "CREATE POLICY shown ON %s FOR SELECT USING (shown)", table);
+    pgt_exec(s, "GRANT SELECT ON %s TO pgfan_rls_reader", table);
+    pgt_exec(t, "CREATE TABLE %s (id int, shown bool)", table);
+    snprintf(reader, sizeof reader, "%.1199s user=pgfan_rls_reader password=pgfan",
+             conninfo[DB_UTF8_DMY]);
+    cli_run r = run_cli("--source", reader, "--target", conninfo[DB_UTF8_MDY], "--table",
+                        table, "--no-progress", "--report", "-", NULL);
+    ck_assert_msg(r.code == 2 && strstr(r.err, "row-level security") &&
+                      strstr(r.err, "(SQLSTATE 42501)"),
+                  "exit %d: %s", r.code, r.err);
+    ck_assert_msg(strstr(r.out, "\"source\": {\"sqlstate\": \"42501\""), "%s", r.out);
+    cli_free(&r);
+    char *n = pgt_value(t, "SELECT count(*) FROM %s", table);
+    ck_assert_str_eq(n, "0");
+    free(n);
+    r = run_cli("--source", reader, "--target", conninfo[DB_UTF8_MDY], "--table", table,
+                "--no-progress", "--enable-row-security", NULL);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    cli_free(&r);
+    n = pgt_value(
+        t, "SELECT count(*) || '/' || sum(id) || '/' || bool_and(shown) FROM %s", table);
+    ck_assert_str_eq(n, "50/2550/true"); /* every even id, once */
+    free(n);
+    pgt_exec(t, "DROP TABLE %s", table);
+    pgt_exec(s, "DROP TABLE %s", table);
+    pgt_exec(s, "DROP OWNED BY pgfan_rls_reader"); /* and what a failed run left */
+    pgt_exec(s, "DROP ROLE pgfan_rls_reader");
+    PQfinish(t);
+    PQfinish(s);
+}
+END_TEST
+
 Suite *fidelity_suite(void)
 {
     Suite *s = suite_create("fidelity");
@@ -618,6 +670,7 @@ Suite *fidelity_suite(void)
     tcase_add_loop_test(tc, sequences_end_at_the_source_value, 0, 2);
     tcase_add_test(tc, generated_columns_and_quoted_column_names);
     tcase_add_test(tc, query_columns_are_matched_by_name);
+    tcase_add_test(tc, rows_hidden_by_row_security_are_never_copied_silently);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -221,6 +221,11 @@ START_TEST(truncate_and_columns_need_a_known_table)
         "SELECT 1 AS a", "--into", "x", "--columns", "b", "--no-sequences"};
     ck_assert_int_eq(parse(&o, err, 12, query_cols), 0);
     ck_assert_int_eq(o.no_sequences, 1);
+    ck_assert_int_eq(o.enable_row_security, 0);
+    char *rls[] = {"pgfan", "-s",      "S", "-t",
+                   "T",     "--table", "t", "--enable-row-security"};
+    ck_assert_int_eq(parse(&o, err, 8, rls), 0);
+    ck_assert_int_eq(o.enable_row_security, 1);
     ck_assert_str_eq(o.columns, "b");
 }
 END_TEST

@@ -416,7 +416,7 @@ static void collect(run *r, pgfan_manager *m)
     for (size_t k = 0; k < pgfan_manager_fault_count(m); k++) {
         pgfan_fault fault;
         cli_fail f;
-        if (pgfan_manager_fault(m, k, &fault) != PGFAN_OK ||
+        if (r->report.source_error[0] || pgfan_manager_fault(m, k, &fault) != PGFAN_OK ||
             fault.receiver != PGFAN_PRODUCER_INDEX)
             continue;
         fail_from_fault(&f, &fault);

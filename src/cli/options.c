@@ -60,6 +60,8 @@ const char cli_usage[] =
     "      --no-sequences          leave the targets' sequences alone (by default those\n"
     "                              of copied serial/identity columns end at the "
     "source's)\n"
+    "      --enable-row-security   copy only the rows row-level security lets the\n"
+    "                              source role see (default: such a table fails)\n"
     "      --stall-timeout SECONDS a target holding everyone back this long is faulted\n"
     "                              (default: wait)\n"
     "      --end-timeout SECONDS   a target that takes longer to end its COPY once it\n"
@@ -122,7 +124,8 @@ enum {
     OPT_COPY_SCHEMA,
     OPT_SET_ID,
     OPT_STATUS_FILE,
-    OPT_LOAD_FRESH
+    OPT_LOAD_FRESH,
+    OPT_ENABLE_ROW_SECURITY
 };
 
 static const struct option long_options[] = {
@@ -162,6 +165,7 @@ static const struct option long_options[] = {
     {"set-id", required_argument, NULL, OPT_SET_ID},
     {"status-file", required_argument, NULL, OPT_STATUS_FILE},
     {"load-fresh", no_argument, NULL, OPT_LOAD_FRESH},
+    {"enable-row-security", no_argument, NULL, OPT_ENABLE_ROW_SECURITY},
     {"quiet", no_argument, NULL, 'q'},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
@@ -440,6 +444,9 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
         return 0;
     case OPT_NO_SEQUENCES:
         o->no_sequences = 1;
+        return 0;
+    case OPT_ENABLE_ROW_SECURITY:
+        o->enable_row_security = 1;
         return 0;
     case 'q':
         o->quiet = 1;

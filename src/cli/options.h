@@ -34,7 +34,8 @@ typedef struct cli_options {
     format_choice format;
     pgfan_policy on_fault;
     int atomic, truncate;
-    int no_sequences; /* leave the targets' sequences as they are */
+    int no_sequences;        /* leave the targets' sequences as they are */
+    int enable_row_security; /* read only the rows policies let the role see */
     unsigned int stall_timeout_ms;
     unsigned int end_timeout_ms;       /* --end-timeout; 0: none */
     uint64_t spill_limit;              /* bytes; 0: no spill journal */

@@ -23,8 +23,8 @@ const char *who_name(const run *r, int who, char *buf, size_t len)
     return buf;
 }
 
-/* One line per error: who, the server's message, its SQLSTATE.  A target's
- * error is also kept for the report. */
+/* One line per error: who, the server's message, its SQLSTATE.  The first
+ * error of a target, or of the source, is also kept for the report. */
 void print_fail(run *r, const cli_fail *f)
 {
     char who[1200];
@@ -34,6 +34,11 @@ void print_fail(run *r, const cli_fail *f)
         snprintf(t->sqlstate, sizeof t->sqlstate, "%s", f->sqlstate);
         snprintf(t->error, sizeof t->error, "%s", f->message);
         t->outcome = OUTCOME_FAILED;
+    }
+    if (f->who == WHO_SOURCE && !r->report.source_error[0]) {
+        snprintf(r->report.source_sqlstate, sizeof r->report.source_sqlstate, "%s",
+                 f->sqlstate);
+        snprintf(r->report.source_error, sizeof r->report.source_error, "%s", f->message);
     }
     fprintf(stderr, "pgfan: %s: %s", who_name(r, f->who, who, sizeof who), f->message);
     if (f->sqlstate[0])
@@ -173,8 +178,10 @@ int exec_ending(run *r, PGconn **c, const char *sql, int who, cli_fail *f)
  * As pg_dump does: every session renders and reads values alike, in the
  * source database's encoding, so no setting of a server, database or role
  * can change a value on its way (a target that cannot hold a character
- * says so with its own conversion error).  And no timeout a database or
- * role sets for its applications ends a long load, or a session that
+ * says so with its own conversion error).  Row-level security is off
+ * unless asked for, so a table whose policies hide rows from the role
+ * fails (42501) instead of arriving in part.  And no timeout a database
+ * or role sets for its applications ends a long load, or a session that
  * rightly waits idle in its transaction (the snapshot's holder, a target
  * done before the others) or between tables: pgfan's own bounds
  * (--stall-timeout, --end-timeout) apply instead.  lock_timeout is kept:
@@ -189,8 +196,11 @@ static int pin_session(run *r, PGconn **c, int who)
              "SET client_encoding = '%s'; SET DateStyle = 'ISO, YMD'; "
              "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
              "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
-             "SET xmloption = content; SET statement_timeout = 0%s%s%s",
+             "SET xmloption = content; SET statement_timeout = 0%s%s%s%s",
              r->encoding,
+             version < 90500              ? ""
+             : r->opt.enable_row_security ? "; SET row_security = on"
+                                          : "; SET row_security = off",
              version >= 90600 ? "; SET idle_in_transaction_session_timeout = 0" : "",
              version >= 140000 ? "; SET idle_session_timeout = 0" : "",
              version >= 170000 ? "; SET transaction_timeout = 0" : "");

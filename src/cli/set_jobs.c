@@ -156,6 +156,8 @@ static void job_argv(set_run *s, const job *j, const char **argv, argv_numbers *
         add(argv, &n, "--load-fresh", NULL); /* the table is ours: FREEZE it */
     if (o->no_sequences)
         add(argv, &n, "--no-sequences", NULL);
+    if (o->enable_row_security)
+        add(argv, &n, "--enable-row-security", NULL);
     snprintf(num->stall, sizeof num->stall, "%.3f", o->stall_timeout_ms / 1000.0);
     snprintf(num->slots, sizeof num->slots, "%u",
              o->ring_slots ? o->ring_slots : shared_ring_slots(s->jobs));
