@@ -127,12 +127,19 @@ static const char *const shape_tables[][2] = {
     {"boxes", "1"},     {"nothing_here", "1"}, {"codes", "1"},
     {"big", "1"}};
 
-/* The whole database, schema and all, to three empty databases. */
+/* The whole database, schema and all, to three empty databases.  Its
+ * materialized views are refreshed as pg_restore would (one reads
+ * another); one created WITH NO DATA stays unpopulated, as on the source. */
 START_TEST(a_database_is_copied_with_its_schema)
 {
     fresh_databases("sets_shape");
     PGconn *src = open_db(SRC);
     pgt_exec(src, "%s", shapes_sql);
+    pgt_exec(src, "CREATE MATERIALIZED VIEW per_customer AS SELECT customer, "
+                  "count(*) AS n, sum(qty) AS qty FROM orders GROUP BY customer;"
+                  "CREATE MATERIALIZED VIEW busiest AS SELECT max(n) AS n FROM "
+                  "per_customer;"
+                  "CREATE MATERIALIZED VIEW not_yet AS SELECT 1 AS one WITH NO DATA");
     char *report = strdup("/tmp/pgfan-set-report.XXXXXX");
     close(mkstemp(report));
     cli_run r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "-t", dbinfo[T2], "-t",
@@ -155,6 +162,14 @@ START_TEST(a_database_is_copied_with_its_schema)
         char *p = pgt_value(dst, "SELECT count(*) FROM ONLY events_2025");
         ck_assert_str_eq(p, "365"); /* routed into the same partitions */
         free(p);
+        const char *views =
+            "SELECT string_agg(relname || ' ' || relispopulated::text, ', ' "
+            "ORDER BY relname) FROM pg_class WHERE relkind = 'm'";
+        p = pgt_value(dst, "%s", views);
+        ck_assert_str_eq(p, "busiest true, not_yet false, per_customer true");
+        free(p);
+        assert_same_rows(src, dst, "per_customer", 0, t);
+        assert_same_rows(src, dst, "busiest", 0, t);
         /* Loaded with FREEZE into the table the set created: every page is
          * all-visible at once (ANALYZE counts them; with autovacuum off on
          * it, nothing else could have set them). */

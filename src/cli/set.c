@@ -352,6 +352,8 @@ static int load_set(set_run *s)
         return EXIT_FAILED;
     if (o->copy_schema && !interrupted && apply_schema(s, POST_DATA) != 0)
         s->schema_failed = 1;
+    if (o->copy_schema && !interrupted && refresh_materialized_views(s) != 0)
+        s->schema_failed = 1;
     if (o->verify && !interrupted)
         verify_set(s);
     return EXIT_ALL_COMMITTED; /* end_set() tells from the pairs */

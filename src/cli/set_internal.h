@@ -98,6 +98,10 @@ extern const char *const schema_section_name[2];
 #define POST_DATA_LIST_MAX 320
 int post_data_lists(set_run *s, const char *toc, const char *dir,
                     char lists[][POST_DATA_LIST_MAX]);
+/* After the post-data, as pg_restore does: REFRESH each materialized view
+ * the snapshot has populated and a target has not (pg_dump's schema leaves
+ * them empty); a target where one fails has its post-data failed. */
+int refresh_materialized_views(set_run *s);
 
 /* set_verify.c: compares each committed pair with the snapshot. */
 void verify_set(set_run *s);

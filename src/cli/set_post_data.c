@@ -184,3 +184,82 @@ int post_data_lists(set_run *s, const char *toc, const char *dir,
     PQclear(res);
     return rc;
 }
+
+/* The materialized views the snapshot has populated, as a JSON array of
+ * quoted qualified names. */
+static const char populated_sql[] =
+    "SELECT pg_catalog.json_agg(pg_catalog.format('%I.%I', n.nspname, c.relname)) FROM "
+    "pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind = 'm' AND c.relispopulated";
+
+/* Those of them a target has, not populated. */
+static const char unpopulated_sql[] =
+    "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'm' AND "
+    "NOT c.relispopulated AND pg_catalog.format('%I.%I', n.nspname, c.relname) IN "
+    "(SELECT pg_catalog.json_array_elements_text($1::pg_catalog.json))";
+
+/*
+ * REFRESHes target i's views in `names` (a view may read another, so
+ * those that fail go again as long as a round brings one more).  Returns
+ * 0, or -1 with the last failure in `f`.
+ */
+static int refresh_all(set_run *s, size_t i, PGresult *names, cli_fail *f)
+{
+    int n = PQntuples(names), left = n, progress = 1;
+    unsigned char *done = calloc((size_t)n + 1, 1);
+    while (done && left > 0 && progress && !cli_interrupted) {
+        progress = 0;
+        for (int k = 0; k < n; k++) {
+            if (done[k])
+                continue;
+            char sql[700];
+            snprintf(sql, sizeof sql, "REFRESH MATERIALIZED VIEW %s",
+                     PQgetvalue(names, k, 0));
+            PGresult *res = set_query(s, &s->r->targets[i], (int)i, sql, 0, NULL, f);
+            if (res) {
+                done[k] = 1, left--, progress = 1;
+            } else {
+                cli_fail server = *f;
+                fail_set(f, (int)i, server.sqlstate, "%.200s: %.300s", sql,
+                         server.message);
+            }
+            PQclear(res);
+        }
+    }
+    free(done);
+    if (left > 0 && !done)
+        fail_set(f, (int)i, NULL, "out of memory");
+    if (left > 0 && n - left > 0)
+        say(s, "target %zu: %d of %d materialized views refreshed", i + 1, n - left, n);
+    else if (n > 0)
+        say(s, "target %zu: %d materialized views refreshed", i + 1, n);
+    return left > 0 ? -1 : 0;
+}
+
+int refresh_materialized_views(set_run *s)
+{
+    cli_fail f;
+    PGresult *src = set_query(s, &s->r->source, WHO_SOURCE, populated_sql, 0, NULL, &f);
+    if (!src) {
+        print_fail(s->r, &f);
+        return -1;
+    }
+    int rc = 0;
+    const char *params[1] = {PQgetvalue(src, 0, 0)};
+    for (size_t i = 0; params[0][0] && i < s->r->opt.ntargets && !cli_interrupted; i++) {
+        schema_state at = s->schema[POST_DATA][i];
+        if (at != SCHEMA_APPLIED && at != SCHEMA_SKIPPED)
+            continue;
+        PGresult *names =
+            set_query(s, &s->r->targets[i], (int)i, unpopulated_sql, 1, params, &f);
+        if (!names || refresh_all(s, i, names, &f) != 0) {
+            print_fail(s->r, &f);
+            s->schema[POST_DATA][i] = SCHEMA_FAILED;
+            rc = -1;
+        }
+        PQclear(names);
+    }
+    PQclear(src);
+    return rc;
+}
