@@ -215,6 +215,36 @@ START_TEST(a_database_is_copied_with_its_schema)
 }
 END_TEST
 
+/* --all-tables copies tables, not large objects: a database that holds
+ * one is refused before anything moves (no table loaded, nothing noted on
+ * the target), and --no-large-objects copies its tables without them. */
+START_TEST(large_objects_are_never_left_behind_silently)
+{
+    fresh_databases("sets_lo");
+    PGconn *src = open_db(SRC), *dst = open_db(T1);
+    pgt_exec(src, "CREATE TABLE docs (id int, body oid);"
+                  "INSERT INTO docs SELECT 1, lo_from_bytea(0, 'hello')");
+    pgt_exec(dst, "CREATE TABLE docs (id int, body oid)");
+    cli_run r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "--all-tables",
+                        "--no-progress", NULL);
+    ck_assert_msg(r.code == 2 && strstr(r.err, "holds 1 large objects") &&
+                      strstr(r.err, "--no-large-objects"),
+                  "exit %d: %s", r.code, r.err);
+    cli_free(&r);
+    char *n = pgt_value(dst, "SELECT (SELECT count(*) FROM docs) || '/' || (SELECT "
+                             "count(*) FROM pg_namespace WHERE nspname = 'pgfan')");
+    ck_assert_str_eq(n, "0/0");
+    free(n);
+    r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "--all-tables", "--no-large-objects",
+                "--no-progress", NULL);
+    ck_assert_msg(r.code == 0, "exit %d: %s", r.code, r.err);
+    cli_free(&r);
+    assert_same_rows(src, dst, "docs", 1, T1);
+    PQfinish(dst);
+    PQfinish(src);
+}
+END_TEST
+
 /* pg_dump's patterns: --table with wildcards and quotes, --schema,
  * --exclude-table; a partition whose parent is selected is not copied
  * twice. */
@@ -721,6 +751,7 @@ Suite *sets_suite(void)
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, a_database_is_copied_with_its_schema);
     tcase_add_test(tc, patterns_select_as_pg_dump_does);
+    tcase_add_test(tc, large_objects_are_never_left_behind_silently);
     tcase_add_test(tc, every_target_is_one_instant_under_writes);
     tcase_add_test(tc, a_killed_run_resumes_exactly_the_missing_pairs);
     tcase_add_test(tc, a_killed_run_with_its_schema_resumes_without_redoing_it);

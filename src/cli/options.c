@@ -37,6 +37,9 @@ const char cli_usage[] =
     "      --schema PATTERN        every table of these schemas (repeatable)\n"
     "      --exclude-table PATTERN leave these tables out (repeatable)\n"
     "      --all-tables            every user table of the source database\n"
+    "      --no-large-objects      with --all-tables: leave the source's large objects\n"
+    "                              behind (without it, a database that has some is\n"
+    "                              refused: pgfan copies tables only)\n"
     "  -j, --jobs N                tables copied at a time (default: from the cores)\n"
     "      --snapshot ID           read through this exported snapshot\n"
     "      --copy-schema           create the tables (pg_dump) before, indexes and\n"
@@ -125,7 +128,8 @@ enum {
     OPT_SET_ID,
     OPT_STATUS_FILE,
     OPT_LOAD_FRESH,
-    OPT_ENABLE_ROW_SECURITY
+    OPT_ENABLE_ROW_SECURITY,
+    OPT_NO_LARGE_OBJECTS
 };
 
 static const struct option long_options[] = {
@@ -166,6 +170,7 @@ static const struct option long_options[] = {
     {"status-file", required_argument, NULL, OPT_STATUS_FILE},
     {"load-fresh", no_argument, NULL, OPT_LOAD_FRESH},
     {"enable-row-security", no_argument, NULL, OPT_ENABLE_ROW_SECURITY},
+    {"no-large-objects", no_argument, NULL, OPT_NO_LARGE_OBJECTS},
     {"quiet", no_argument, NULL, 'q'},
     {"version", no_argument, NULL, 'V'},
     {"help", no_argument, NULL, 'h'},
@@ -447,6 +452,9 @@ static int parse_one(int c, const char *arg, cli_options *o, char *err, size_t e
         return 0;
     case OPT_ENABLE_ROW_SECURITY:
         o->enable_row_security = 1;
+        return 0;
+    case OPT_NO_LARGE_OBJECTS:
+        o->no_large_objects = 1;
         return 0;
     case 'q':
         o->quiet = 1;

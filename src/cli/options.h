@@ -36,6 +36,7 @@ typedef struct cli_options {
     int atomic, truncate;
     int no_sequences;        /* leave the targets' sequences as they are */
     int enable_row_security; /* read only the rows policies let the role see */
+    int no_large_objects;    /* --all-tables although the source has some */
     unsigned int stall_timeout_ms;
     unsigned int end_timeout_ms;       /* --end-timeout; 0: none */
     uint64_t spill_limit;              /* bytes; 0: no spill journal */

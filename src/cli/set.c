@@ -327,6 +327,31 @@ static int source_identity(set_run *s, cli_fail *f)
     return 0;
 }
 
+/*
+ * pg_dump carries a whole database's large objects; pgfan copies tables
+ * only.  So --all-tables on a database that has some is refused before
+ * anything moves, unless --no-large-objects says to leave them behind:
+ * none is lost unnoticed.
+ */
+static int check_large_objects(set_run *s, cli_fail *f)
+{
+    if (!s->r->opt.all_tables || s->r->opt.no_large_objects)
+        return 0;
+    PGresult *res =
+        set_query(s, &s->r->source, WHO_SOURCE,
+                  "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata", 0, NULL, f);
+    if (!res)
+        return -1;
+    int some = strcmp(PQgetvalue(res, 0, 0), "0") != 0;
+    if (some)
+        fail_set(f, WHO_SOURCE, NULL,
+                 "the database holds %s large objects, which pgfan does not copy; "
+                 "--no-large-objects copies its tables without them",
+                 PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return some ? -1 : 0;
+}
+
 static int plan_set(set_run *s)
 {
     cli_fail f;
@@ -334,7 +359,7 @@ static int plan_set(set_run *s)
     if (source_identity(s, &f) != 0 || (s->r->opt.resume && find_prior_run(s, &f) != 0) ||
         take_snapshot(s, &f) != 0 || check_each_table_matches(s, &f) != 0 ||
         select_tables(s, &f) != 0 || check_foreign_keys(s, &f) != 0 ||
-        prepare_targets(s, &f) != 0) {
+        check_large_objects(s, &f) != 0 || prepare_targets(s, &f) != 0) {
         if (!interrupted)
             print_fail(s->r, &f);
         return -1;
