@@ -222,11 +222,15 @@ START_TEST(truncate_and_columns_need_a_known_table)
     ck_assert_int_eq(parse(&o, err, 12, query_cols), 0);
     ck_assert_int_eq(o.no_sequences, 1);
     ck_assert_int_eq(o.enable_row_security, 0);
+    ck_assert_str_eq(o.columns, "b");
     char *rls[] = {"pgfan", "-s",      "S", "-t",
                    "T",     "--table", "t", "--enable-row-security"};
     ck_assert_int_eq(parse(&o, err, 8, rls), 0);
     ck_assert_int_eq(o.enable_row_security, 1);
-    ck_assert_str_eq(o.columns, "b");
+    ck_assert_int_eq(o.no_large_objects, 0);
+    char *lo[] = {"pgfan", "-s", "S", "-t", "T", "--all-tables", "--no-large-objects"};
+    ck_assert_int_eq(parse(&o, err, 7, lo), 0);
+    ck_assert_int_eq(o.no_large_objects, 1);
 }
 END_TEST
 
