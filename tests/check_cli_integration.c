@@ -1404,6 +1404,22 @@ static PGconn *waiting_for_a_standby(PGconn *admin, const char *table, char *syn
     return sc;
 }
 
+/* The target of waiting_for_a_standby() holds exactly the source's rows
+ * and nothing is left prepared; then what the test made goes. */
+static void sync_target_has_the_source(PGconn *admin, PGconn *sc, const char *table)
+{
+    char *want = source_checksum(table);
+    char *got = pgt_checksum(sc, table);
+    ck_assert_str_eq(got, want);
+    char *prepared = pgt_value(sc, "SELECT count(*) FROM pg_prepared_xacts");
+    ck_assert_str_eq(prepared, "0");
+    free(prepared), free(got), free(want);
+    pgt_exec(sc, "DROP TABLE %s", table);
+    PQfinish(sc);
+    PQfinish(admin);
+    drop_tables(table);
+}
+
 /*
  * A COMMIT (or PREPARE, or COMMIT PREPARED) whose connection is lost: the
  * server is asked what happened, never guessed.  The target's database
@@ -1445,17 +1461,8 @@ START_TEST(a_lost_commit_is_settled_by_asking_the_server)
     ck_assert_msg(r.code == 0, "exit %d after %d lost answers: %s", r.code, killed,
                   r.err);
     ck_assert_ptr_null(strstr(r.out, "\"state\": \"unknown\""));
-    char *want = source_checksum(table);
-    char *got = pgt_checksum(sc, table);
-    ck_assert_str_eq(got, want);
-    char *prepared = pgt_value(sc, "SELECT count(*) FROM pg_prepared_xacts");
-    ck_assert_str_eq(prepared, "0");
-    free(prepared), free(got), free(want);
     cli_free(&r);
-    pgt_exec(sc, "DROP TABLE %s", table);
-    PQfinish(sc);
-    PQfinish(admin);
-    drop_tables(table);
+    sync_target_has_the_source(admin, sc, table);
 }
 END_TEST
 
@@ -1513,17 +1520,8 @@ START_TEST(a_commit_that_waits_ends_at_the_end_timeout)
                       1 + _i,
                   "%s", r.err);
     ck_assert_ptr_null(strstr(r.out, "\"state\": \"unknown\""));
-    char *want = source_checksum(table);
-    char *got = pgt_checksum(sc, table);
-    ck_assert_str_eq(got, want);
-    char *prepared = pgt_value(sc, "SELECT count(*) FROM pg_prepared_xacts");
-    ck_assert_str_eq(prepared, "0");
-    free(prepared), free(got), free(want);
     cli_free(&r);
-    pgt_exec(sc, "DROP TABLE %s", table);
-    PQfinish(sc);
-    PQfinish(admin);
-    drop_tables(table);
+    sync_target_has_the_source(admin, sc, table);
 }
 END_TEST
 
