@@ -23,7 +23,8 @@ int fan_settings_read(PGconn *conn, int textual, const fan_wait *w, int who,
     if (!textual)
         return PGFAN_OK;
     if (!PQsendQuery(conn, "SELECT current_setting('extra_float_digits'), "
-                           "current_setting('lc_monetary')")) {
+                           "current_setting('lc_monetary'), "
+                           "current_setting('array_nulls')")) {
         fan_fault_from_conn(f, who, label, conn);
         return PGFAN_ECONN;
     }
@@ -39,6 +40,7 @@ int fan_settings_read(PGconn *conn, int textual, const fan_wait *w, int who,
     }
     s->extra_float_digits = atoi(PQgetvalue(res, 0, 0));
     snprintf(s->lc_monetary, sizeof s->lc_monetary, "%s", PQgetvalue(res, 0, 1));
+    s->array_nulls = strcmp(PQgetvalue(res, 0, 2), "on") == 0;
     PQclear(res);
     fan_drain_results(conn, who, label, NULL);
     return PGFAN_OK;
@@ -119,6 +121,12 @@ int fan_settings_compare(const fan_session_settings *src, const fan_session_sett
                  "IntervalStyle differs: the source writes %s but this target reads %s: "
                  "the signs of mixed-sign intervals would change",
                  src->intervalstyle, dst->intervalstyle);
+        return -1;
+    }
+    if (!dst->array_nulls) {
+        snprintf(why, len,
+                 "array_nulls is off on this target: an array's NULL element would be "
+                 "read as the string \"NULL\"");
         return -1;
     }
     if (differ(src->lc_monetary, dst->lc_monetary)) {

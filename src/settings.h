@@ -6,9 +6,10 @@
  * client_encoding (in binary too: text values are converted through it),
  * DateStyle (DMY vs MDY swaps days and months), IntervalStyle
  * (sql_standard signs), extra_float_digits (below 1 rounds floats),
- * lc_monetary (money's text form) and, for the non-ISO date styles,
- * TimeZone (zone abbreviations).  bytea_output is not among them: every
- * session reads both bytea forms.
+ * lc_monetary (money's text form), array_nulls off on a target (an
+ * unquoted NULL array element read as the string "NULL") and, for the
+ * non-ISO date styles, TimeZone (zone abbreviations).  bytea_output is not among them:
+ * every session reads both bytea forms.
  *
  * Reading is done in the caller's thread before the copy starts; the
  * comparison is pure and needs no server.
@@ -29,6 +30,7 @@ typedef struct fan_session_settings {
     char timezone[128];
     char lc_monetary[128];
     int extra_float_digits;
+    int array_nulls;    /* 1: an unquoted NULL array element is a null */
     int server_version; /* PQserverVersion */
 } fan_session_settings;
 

@@ -514,6 +514,10 @@ START_TEST(settings_that_change_data_are_refused_at_start)
          "text",
          0,
          {"lc_monetary differs", "\"C\"", "de_DE.UTF-8"}},
+        {{"SELECT 1", "SELECT 1", "SET array_nulls = off"},
+         "csv",
+         1,
+         {"array_nulls is off", "\"NULL\"", ""}},
         /* Binary converts text values through client_encoding too. */
         {{"SELECT 1", "SET client_encoding = 'LATIN1'", "SELECT 1"},
          "binary",
@@ -996,7 +1000,7 @@ static Suite *integration_suite(void)
     suite_add_tcase(s, tc);
     TCase *settings = tcase_create("settings");
     tcase_set_timeout(settings, 300);
-    tcase_add_loop_test(settings, settings_that_change_data_are_refused_at_start, 0, 5);
+    tcase_add_loop_test(settings, settings_that_change_data_are_refused_at_start, 0, 6);
     tcase_add_test(settings, settings_that_do_not_change_data_are_accepted);
     suite_add_tcase(s, settings);
     TCase *tls = tcase_create("tls");

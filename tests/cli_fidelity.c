@@ -3,7 +3,7 @@
  * values, whatever the servers' settings and types, or the copy fails
  * loudly.  Databases whose defaults differ (DateStyle DMY/MDY/German,
  * IntervalStyle sql_standard/iso_8601, extra_float_digits 0, lc_monetary,
- * TimeZone, bytea_output, LATIN1 and SQL_ASCII encodings) exchange a zoo
+ * TimeZone, bytea_output, array_nulls off, LATIN1 and SQL_ASCII encodings) exchange a zoo
  * of types in every format; every target is compared with the source
  * value by value, in sessions with fixed settings.
  */
@@ -22,7 +22,8 @@ Suite *fidelity_suite(void);
 #define FIXED_SETTINGS                                                                   \
     "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, YMD'; "                         \
     "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "                       \
-    "SET TimeZone = 'UTC'; SET lc_monetary = 'C'; SET bytea_output = 'hex'"
+    "SET TimeZone = 'UTC'; SET lc_monetary = 'C'; SET bytea_output = 'hex'; "            \
+    "SET array_nulls = on"
 
 /* A database and the defaults that make it awkward. */
 typedef struct awkward_db {
@@ -40,7 +41,7 @@ static const awkward_db databases[] = {
     {"fid_utf8_mdy",
      "ENCODING 'UTF8' TEMPLATE template0",
      {"DateStyle = 'SQL, MDY'", "TimeZone = 'America/New_York'", "extra_float_digits = 1",
-      NULL}},
+      "array_nulls = off", NULL}},
     {"fid_latin1",
      "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
      {"DateStyle = 'German, DMY'", "IntervalStyle = 'iso_8601'", "extra_float_digits = 0",
@@ -87,11 +88,13 @@ static void setup_databases(void)
             admin, "SELECT count(*) FROM pg_database WHERE datname = '%s'", d->name);
         int exists = strcmp(has, "0") != 0;
         free(has);
-        if (exists)
-            continue;
-        pgt_exec(admin, "CREATE DATABASE %s %s", d->name, d->create);
+        if (!exists)
+            pgt_exec(admin, "CREATE DATABASE %s %s", d->name, d->create);
+        /* every time: a database kept from an earlier run gets new settings */
         for (int k = 0; d->settings[k]; k++)
             pgt_exec(admin, "ALTER DATABASE %s SET %s", d->name, d->settings[k]);
+        if (exists)
+            continue;
         PGconn *c = fixed_session(i);
         pgt_exec(c, "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')");
         pgt_exec(c, "CREATE TYPE pair AS (a int, b text)");

@@ -17,6 +17,7 @@ static fan_session_settings session(const char *enc, const char *datestyle,
     strcpy(s.lc_monetary, monetary);
     strcpy(s.timezone, tz);
     s.extra_float_digits = efd;
+    s.array_nulls = 1;
     s.server_version = 150000;
     return s;
 }
@@ -82,6 +83,18 @@ START_TEST(money_and_zone_abbreviations)
 }
 END_TEST
 
+/* A target that reads an unquoted NULL array element as text is refused in
+ * text and CSV; binary carries nulls as nulls. */
+START_TEST(array_nulls_off_on_a_target_is_refused)
+{
+    fan_session_settings off = PLAIN("ISO, MDY");
+    off.array_nulls = 0;
+    ck_assert(mismatch(PLAIN("ISO, MDY"), off, 1, "array_nulls is off"));
+    ck_assert(!mismatch(PLAIN("ISO, MDY"), off, 0, ""));
+    ck_assert(!mismatch(off, PLAIN("ISO, MDY"), 1, "")); /* output ignores it */
+}
+END_TEST
+
 START_TEST(a_source_that_rounds_floats_is_refused)
 {
     char why[400];
@@ -106,6 +119,7 @@ Suite *settings_suite(void)
     tcase_add_test(tc, sql_standard_intervals_are_refused_across_styles);
     tcase_add_test(tc, encoding_matters_in_every_format);
     tcase_add_test(tc, money_and_zone_abbreviations);
+    tcase_add_test(tc, array_nulls_off_on_a_target_is_refused);
     tcase_add_test(tc, a_source_that_rounds_floats_is_refused);
     suite_add_tcase(s, tc);
     return s;

@@ -196,7 +196,8 @@ static int pin_session(run *r, PGconn **c, int who)
              "SET client_encoding = '%s'; SET DateStyle = 'ISO, YMD'; "
              "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
              "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
-             "SET xmloption = content; SET statement_timeout = 0%s%s%s%s",
+             "SET xmloption = content; SET array_nulls = on; "
+             "SET statement_timeout = 0%s%s%s%s",
              r->encoding,
              version < 90500              ? ""
              : r->opt.enable_row_security ? "; SET row_security = on"
