@@ -245,6 +245,32 @@ START_TEST(large_objects_are_never_left_behind_silently)
 }
 END_TEST
 
+/* A materialized view that cannot be refreshed on a target (its query
+ * divides by zero there) fails that target's post-data, loudly: the
+ * statement and the server's SQLSTATE on stderr, "post_data": "failed" in
+ * the report, exit 3, while the table itself is committed. */
+START_TEST(a_view_that_cannot_be_refreshed_fails_the_post_data)
+{
+    fresh_databases("sets_mv");
+    PGconn *src = open_db(SRC);
+    pgt_exec(src, "CREATE TABLE t (id int); INSERT INTO t VALUES (1);"
+                  "CREATE MATERIALIZED VIEW mv AS SELECT 1 / (CASE WHEN "
+                  "current_database() LIKE '%%_src' THEN 1 ELSE 0 END) AS x FROM t");
+    cli_run r = run_cli("-s", dbinfo[SRC], "-t", dbinfo[T1], "--all-tables",
+                        "--copy-schema", "--report", "-", "--no-progress", NULL);
+    ck_assert_msg(r.code == 3, "exit %d: %s", r.code, r.err);
+    ck_assert_msg(
+        strstr(r.err, "REFRESH MATERIALIZED VIEW public.mv: division by zero") &&
+            strstr(r.err, "(SQLSTATE 22012)"),
+        "%s", r.err);
+    ck_assert_msg(strstr(r.out, "\"post_data\": \"failed\"") &&
+                      strstr(r.out, "\"state\": \"committed\""),
+                  "%s", r.out);
+    cli_free(&r);
+    PQfinish(src);
+}
+END_TEST
+
 /* pg_dump's patterns: --table with wildcards and quotes, --schema,
  * --exclude-table; a partition whose parent is selected is not copied
  * twice. */
@@ -752,6 +778,7 @@ Suite *sets_suite(void)
     tcase_add_test(tc, a_database_is_copied_with_its_schema);
     tcase_add_test(tc, patterns_select_as_pg_dump_does);
     tcase_add_test(tc, large_objects_are_never_left_behind_silently);
+    tcase_add_test(tc, a_view_that_cannot_be_refreshed_fails_the_post_data);
     tcase_add_test(tc, every_target_is_one_instant_under_writes);
     tcase_add_test(tc, a_killed_run_resumes_exactly_the_missing_pairs);
     tcase_add_test(tc, a_killed_run_with_its_schema_resumes_without_redoing_it);

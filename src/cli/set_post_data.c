@@ -208,6 +208,9 @@ static int refresh_all(set_run *s, size_t i, PGresult *names, cli_fail *f)
 {
     int n = PQntuples(names), left = n, progress = 1;
     unsigned char *done = calloc((size_t)n + 1, 1);
+    fail_set(f, (int)i, NULL,
+             done ? "interrupted before its materialized views were refreshed"
+                  : "out of memory");
     while (done && left > 0 && progress && !cli_interrupted) {
         progress = 0;
         for (int k = 0; k < n; k++) {
@@ -228,12 +231,8 @@ static int refresh_all(set_run *s, size_t i, PGresult *names, cli_fail *f)
         }
     }
     free(done);
-    if (left > 0 && !done)
-        fail_set(f, (int)i, NULL, "out of memory");
-    if (left > 0 && n - left > 0)
+    if (n - left > 0)
         say(s, "target %zu: %d of %d materialized views refreshed", i + 1, n - left, n);
-    else if (n > 0)
-        say(s, "target %zu: %d materialized views refreshed", i + 1, n);
     return left > 0 ? -1 : 0;
 }
 
